@@ -1,0 +1,274 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Net;
+using Microsoft.Extensions.Logging;
+using NbdPowerShell.Engine.Protocol;
+
+namespace NbdPowerShell.Engine.Server;
+
+/// <summary>
+/// One client from accept to close. A dedicated thread negotiates, then reads requests
+/// continuously and hands each to the thread pool; replies go out through one
+/// <see cref="ReplyWriter"/> in completion order.
+/// </summary>
+internal sealed class ClientConnection
+{
+    private static long s_nextId;
+
+    private readonly NbdServer _server;
+    private readonly NbdTransport _transport;
+    private readonly BufferedReader _reader;
+    private readonly ReplyWriter _writer;
+    private readonly ILogger _log;
+    private readonly int _maxInFlight;
+    private readonly SemaphoreSlim _slots;
+    private readonly Stack<NbdRequest> _pool = new();
+    private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private NegotiatedSession? _session;
+    private volatile bool _stopping;
+    private int _disposed;
+
+    public ClientConnection(NbdServer server, NbdTransport transport, ILogger log, int maxInFlight)
+    {
+        Id = Interlocked.Increment(ref s_nextId);
+        _server = server;
+        _transport = transport;
+        _reader = new BufferedReader(transport);
+        _writer = new ReplyWriter(transport);
+        _log = log;
+        _maxInFlight = maxInFlight;
+        _slots = new SemaphoreSlim(maxInFlight, maxInFlight);
+        ClientAddress = Describe(transport.RemoteEndPoint);
+    }
+
+    public long Id { get; }
+    public string ClientAddress { get; }
+    public EndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
+    public DateTimeOffset ConnectedAt { get; } = DateTimeOffset.UtcNow;
+    public IoCounters Counters { get; } = new();
+    public ServedExport? Export => _session?.Export;
+    public Task Closed => _closed.Task;
+    public bool InTransmission => _session != null;
+    private int InFlight => _maxInFlight - _slots.CurrentCount;
+
+    public void Start()
+    {
+        var thread = new Thread(Run) { IsBackground = true, Name = $"nbd-conn-{Id}" };
+        thread.Start();
+    }
+
+    public ConnectionSnapshot Snapshot() => new(
+        Id, ClientAddress, _session?.Export.Name ?? "", ConnectedAt, _session?.StructuredReplies ?? false, Counters.Snapshot());
+
+    private void Run()
+    {
+        try
+        {
+            _session = Negotiate();
+            if (_session == null)
+                return;
+            _log.LogInformation("Client {Client} attached to export '{Export}' (structured replies: {Structured})",
+                ClientAddress, _session.Export.Name, _session.StructuredReplies);
+            Transmit(_session);
+        }
+        catch (EndOfStreamException)
+        {
+            _log.LogDebug("Client {Client} closed the connection", ClientAddress);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or System.Net.Sockets.SocketException)
+        {
+            _log.LogDebug("Client {Client} connection ended: {Message}", ClientAddress, e.Message);
+        }
+        catch (Exception e)
+        {
+            // Nothing a client sends may take the process down.
+            _log.LogError(e, "Unexpected failure serving {Client}", ClientAddress);
+        }
+        finally
+        {
+            Close();
+        }
+    }
+
+    private NegotiatedSession? Negotiate()
+    {
+        // The deadline closes the socket under a client that stalls mid-handshake.
+        using var deadline = new Timer(_ =>
+        {
+            if (_session == null)
+            {
+                _log.LogInformation("Client {Client} did not finish negotiating in time; dropping it", ClientAddress);
+                _transport.Shutdown();
+            }
+        }, null, _server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
+        var negotiator = new OptionNegotiator(_server, this, _transport, _reader, _log);
+        var session = negotiator.Run();
+        deadline.Change(Timeout.Infinite, Timeout.Infinite);
+        return session;
+    }
+
+    private void Transmit(NegotiatedSession session)
+    {
+        var export = session.Export;
+        var flags = export.FlagsFor(session.StructuredReplies);
+        Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
+        while (true)
+        {
+            if (!_reader.TryReadExactly(header))
+                return;
+            uint magic = BinaryPrimitives.ReadUInt32BigEndian(header);
+            if (magic != NbdMagic.Request)
+            {
+                _log.LogWarning("Client {Client} sent a bad request magic 0x{Magic:x8}; disconnecting", ClientAddress, magic);
+                return;
+            }
+            var cmdFlags = (NbdCommandFlags)BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
+            var command = (NbdCommand)BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+            ulong cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+            ulong offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
+
+            if (command == NbdCommand.Disconnect)
+            {
+                _log.LogDebug("Client {Client} sent DISC", ClientAddress);
+                return;
+            }
+
+            var error = RequestValidator.Validate(command, cmdFlags, offset, length, export.Size, flags,
+                session.StructuredReplies, session.BaseAllocationContextId != null);
+            if (error == NbdError.None && _stopping)
+                error = NbdError.Shutdown;
+
+            byte[]? payload = null;
+            if (command == NbdCommand.Write)
+            {
+                if (error != NbdError.None)
+                {
+                    // Drain the payload so the stream stays in sync, unless the length is absurd.
+                    if (length > NbdLimits.AbsurdPayload)
+                    {
+                        _log.LogWarning("Client {Client} announced a {Length}-byte write; disconnecting", ClientAddress, length);
+                        return;
+                    }
+                    _reader.Skip(length);
+                }
+                else
+                {
+                    payload = ArrayPool<byte>.Shared.Rent(Math.Max((int)length, 1));
+                    try
+                    {
+                        _reader.ReadExactly(payload.AsSpan(0, (int)length));
+                    }
+                    catch
+                    {
+                        ArrayPool<byte>.Shared.Return(payload);
+                        throw;
+                    }
+                }
+            }
+
+            var request = RentRequest();
+            request.Command = command;
+            request.Flags = cmdFlags;
+            request.Cookie = cookie;
+            request.Offset = offset;
+            request.Length = length;
+            request.Payload = payload;
+
+            _slots.Wait();
+            if (error != NbdError.None)
+            {
+                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, export.Counters, Counters);
+                Complete(request);
+                continue;
+            }
+            ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
+        }
+    }
+
+    /// <summary>Worker-thread entry for one request.</summary>
+    public void Execute(NbdRequest request)
+    {
+        var session = _session!;
+        try
+        {
+            RequestExecutor.Run(request, session.Export.Store, _writer, session.StructuredReplies,
+                session.BaseAllocationContextId, session.Export.Counters, Counters);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "Request {Command} from {Client} failed unexpectedly", request.Command, ClientAddress);
+            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, session.Export.Counters, Counters); }
+            catch (Exception) { _transport.Shutdown(); }
+        }
+        finally
+        {
+            Complete(request);
+        }
+    }
+
+    private NbdRequest RentRequest()
+    {
+        lock (_pool)
+            return _pool.Count > 0 ? _pool.Pop() : new NbdRequest(this);
+    }
+
+    private void Complete(NbdRequest request)
+    {
+        if (request.Payload != null)
+        {
+            ArrayPool<byte>.Shared.Return(request.Payload);
+            request.Payload = null;
+        }
+        lock (_pool)
+            _pool.Push(request);
+        _slots.Release();
+    }
+
+    /// <summary>
+    /// Graceful stop: new requests get ESHUTDOWN (and new options ERR_SHUTDOWN), in-flight ones
+    /// finish, then the socket closes.
+    /// </summary>
+    public async Task StopAsync(TimeSpan grace)
+    {
+        _stopping = true;
+        var until = DateTime.UtcNow + grace;
+        if (!InTransmission)
+        {
+            // A client mid-handshake gets a moment to hear ERR_SHUTDOWN for its next option.
+            var handshakeGrace = DateTime.UtcNow + TimeSpan.FromSeconds(1);
+            until = handshakeGrace < until ? handshakeGrace : until;
+            while (!InTransmission && DateTime.UtcNow < until && !Closed.IsCompleted)
+                await Task.Delay(10).ConfigureAwait(false);
+        }
+        while (InFlight > 0 && DateTime.UtcNow < until && !Closed.IsCompleted)
+            await Task.Delay(10).ConfigureAwait(false);
+        _transport.Shutdown();
+        await Closed.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+    }
+
+    /// <summary>Drops the connection now (used for forced removal and for clients past the deadline).</summary>
+    public void Abort() => _transport.Shutdown();
+
+    private void Close()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        // Let running requests finish before the transport and slot go away.
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (InFlight > 0 && DateTime.UtcNow < until)
+            Thread.Sleep(1);
+        _session?.Export.Detach(this);
+        _transport.Dispose();
+        _server.Forget(this);
+        _closed.TrySetResult();
+    }
+
+    private static string Describe(EndPoint? endPoint) => endPoint switch
+    {
+        IPEndPoint ip => ip.ToString(),
+        System.Net.Sockets.UnixDomainSocketEndPoint => "unix",
+        null => "local",
+        _ => endPoint.ToString() ?? "unknown",
+    };
+}

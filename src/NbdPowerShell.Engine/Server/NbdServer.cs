@@ -1,0 +1,204 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using NbdPowerShell.Engine.Protocol;
+
+namespace NbdPowerShell.Engine.Server;
+
+/// <summary>
+/// An NBD server: named exports served on any number of TCP and Unix listeners and on sockets
+/// handed in directly. Exports can be added and removed while it runs; statistics can be read at
+/// any time.
+/// </summary>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly ConcurrentDictionary<string, ServedExport> _exports = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<long, ClientConnection> _connections = new();
+    private readonly List<Listener> _listeners = new();
+    private readonly ILogger _log;
+    private int _stopping;
+
+    public NbdServer(NbdServerOptions? options = null, ILogger? logger = null)
+    {
+        Options = options ?? new NbdServerOptions();
+        _log = logger ?? NullLogger.Instance;
+    }
+
+    public NbdServerOptions Options { get; }
+
+    public bool IsStopping => Volatile.Read(ref _stopping) != 0;
+
+    /// <summary>Endpoints being listened on (TCP endpoints carry the real port when 0 was asked for).</summary>
+    public IReadOnlyList<EndPoint> EndPoints
+    {
+        get { lock (_listeners) return _listeners.Select(l => l.EndPoint).ToArray(); }
+    }
+
+    public int ConnectionCount => _connections.Count;
+
+    public void AddExport(ExportDefinition export)
+    {
+        ThrowIfStopping();
+        if (!_exports.TryAdd(export.Name, new ServedExport(export)))
+            throw new NbdServerException(NbdServerError.ExportAlreadyExists,
+                $"An export named '{export.Name}' is already served here; choose another name or stop it first.");
+        _log.LogInformation("Serving export '{Name}' ({Store}, {Size} bytes)", export.Name, export.Store.Description, export.Store.Size);
+    }
+
+    /// <summary>
+    /// Stops serving an export. With clients attached this refuses unless <paramref name="force"/>, which
+    /// drains their in-flight requests and closes them. The store is disposed afterwards.
+    /// </summary>
+    public async Task RemoveExportAsync(string name, bool force, CancellationToken cancellationToken = default)
+    {
+        if (!_exports.TryGetValue(name, out var export))
+            throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served here.");
+        if (export.ConnectionCount > 0 && !force)
+            throw new NbdServerException(NbdServerError.ExportBusy,
+                $"Export '{name}' has {export.ConnectionCount} connected client(s); disconnect them or use -Force.");
+        _exports.TryRemove(name, out _);
+        await Task.WhenAll(export.Connections.Select(c => c.StopAsync(Options.StopGracePeriod))).WaitAsync(cancellationToken).ConfigureAwait(false);
+        export.Store.Dispose();
+        _log.LogInformation("Stopped serving export '{Name}'", name);
+    }
+
+    public bool HasExport(string name) => _exports.ContainsKey(name);
+
+    public IReadOnlyList<ExportSnapshot> GetExports() =>
+        _exports.Values.Select(e => e.Snapshot()).OrderBy(e => e.Name, StringComparer.Ordinal).ToArray();
+
+    public ExportSnapshot? GetExport(string name) => _exports.TryGetValue(name, out var e) ? e.Snapshot() : null;
+
+    /// <summary>Listens on TCP; returns the bound endpoint (with the chosen port when 0 was given).</summary>
+    public IPEndPoint ListenTcp(IPEndPoint endPoint)
+    {
+        ThrowIfStopping();
+        var listener = Listener.Tcp(endPoint, this, _log);
+        return (IPEndPoint)AddListener(listener);
+    }
+
+    /// <summary>Listens on a Unix socket created with <paramref name="mode"/> (default owner read/write only).</summary>
+    public string ListenUnix(string path, UnixFileMode mode = UnixFileMode.UserRead | UnixFileMode.UserWrite)
+    {
+        ThrowIfStopping();
+        var listener = Listener.Unix(path, mode, this, _log);
+        AddListener(listener);
+        return ((UnixDomainSocketEndPoint)listener.EndPoint).ToString();
+    }
+
+    private EndPoint AddListener(Listener listener)
+    {
+        lock (_listeners)
+            _listeners.Add(listener);
+        listener.Start();
+        _log.LogInformation("Listening on {EndPoint}", listener.EndPoint);
+        return listener.EndPoint;
+    }
+
+    /// <summary>
+    /// Serves a socket that is already connected (e.g. one end of a socket pair whose other end goes
+    /// to the kernel). Completes when that connection closes.
+    /// </summary>
+    public Task ServeConnectedSocket(Socket socket)
+    {
+        ThrowIfStopping();
+        return Start(new SocketTransport(socket), checkAdmission: false);
+    }
+
+    internal void Accept(Socket client)
+    {
+        var transport = new SocketTransport(client);
+        if (IsStopping)
+        {
+            transport.Dispose();
+            return;
+        }
+        Start(transport, checkAdmission: true);
+    }
+
+    private Task Start(NbdTransport transport, bool checkAdmission)
+    {
+        var remote = transport.RemoteEndPoint;
+        if (checkAdmission)
+        {
+            string? refusal = null;
+            if (Options.AllowedClients is { } allowed && !allowed.Allows(remote))
+                refusal = "not in the server's allowed clients";
+            else if (Options.MaxConnections > 0 && _connections.Count >= Options.MaxConnections)
+                refusal = $"server is at its maximum of {Options.MaxConnections} connections";
+            if (refusal != null)
+            {
+                // Refused before the handshake: a clean close is all a client can be told here.
+                _log.LogWarning("Refused client {Client}: {Reason}", remote, refusal);
+                transport.Dispose();
+                return Task.CompletedTask;
+            }
+        }
+        var connection = new ClientConnection(this, transport, _log, Options.MaxRequestsInFlight);
+        _connections[connection.Id] = connection;
+        connection.Start();
+        return connection.Closed;
+    }
+
+    internal void Forget(ClientConnection connection) => _connections.TryRemove(connection.Id, out _);
+
+    /// <summary>Finds an export for a client, or says which option error to send.</summary>
+    internal ServedExport? ResolveExport(string name, ClientConnection client, out NbdOptionReplyType error, out string? message)
+    {
+        if (!_exports.TryGetValue(name, out var export))
+        {
+            error = NbdOptionReplyType.ErrUnknown;
+            message = name.Length == 0 ? "this server has no default export" : $"no export named '{name}'";
+            return null;
+        }
+        if (export.Definition.AllowedClients is { } allowed && !allowed.Allows(client.RemoteEndPoint))
+        {
+            error = NbdOptionReplyType.ErrPolicy;
+            message = $"client {client.ClientAddress} may not use export '{name}'";
+            _log.LogWarning("Refused client {Client} for export '{Export}': not in its allowed clients", client.ClientAddress, name);
+            return null;
+        }
+        error = NbdOptionReplyType.Ack;
+        message = null;
+        return export;
+    }
+
+    /// <summary>Exports a client may see in LIST: those it would be allowed to use.</summary>
+    internal IEnumerable<ServedExport> ExportsVisibleTo(ClientConnection client) =>
+        _exports.Values
+            .Where(e => e.Definition.AllowedClients?.Allows(client.RemoteEndPoint) ?? true)
+            .OrderBy(e => e.Name, StringComparer.Ordinal);
+
+    /// <summary>
+    /// Graceful stop: listeners close, new options get ERR_SHUTDOWN and new requests ESHUTDOWN,
+    /// in-flight requests finish (within the grace period), then every socket closes and stores are disposed.
+    /// </summary>
+    public async Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopping, 1) != 0)
+            return;
+        Listener[] listeners;
+        lock (_listeners)
+        {
+            listeners = _listeners.ToArray();
+            _listeners.Clear();
+        }
+        foreach (var listener in listeners)
+            listener.Dispose();
+        await Task.WhenAll(_connections.Values.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
+        foreach (var export in _exports.Values)
+            export.Store.Dispose();
+        _exports.Clear();
+        _log.LogInformation("Server stopped");
+    }
+
+    public ValueTask DisposeAsync() => new(StopAsync());
+
+    private void ThrowIfStopping()
+    {
+        if (IsStopping)
+            throw new NbdServerException(NbdServerError.Stopped, "The server has been stopped.");
+    }
+}

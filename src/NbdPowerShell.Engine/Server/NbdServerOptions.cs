@@ -1,0 +1,19 @@
+namespace NbdPowerShell.Engine.Server;
+
+public sealed class NbdServerOptions
+{
+    /// <summary>A client must finish negotiating within this time or it is dropped, so idle clients cannot hold slots.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Requests one connection may have in flight; the reader stops reading when this many are running.</summary>
+    public int MaxRequestsInFlight { get; init; } = 64;
+
+    /// <summary>Most simultaneous connections for the whole server (handshake included); 0 = unlimited.</summary>
+    public int MaxConnections { get; init; }
+
+    /// <summary>Clients admitted at all; others are dropped before the handshake. Null admits everyone.</summary>
+    public AddressFilter? AllowedClients { get; init; }
+
+    /// <summary>How long a graceful stop waits for in-flight requests before closing sockets.</summary>
+    public TimeSpan StopGracePeriod { get; init; } = TimeSpan.FromSeconds(10);
+}

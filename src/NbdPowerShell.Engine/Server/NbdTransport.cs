@@ -1,0 +1,35 @@
+using System.Net;
+
+namespace NbdPowerShell.Engine.Server;
+
+/// <summary>
+/// The byte pipe under one NBD connection. One thread reads; many threads write, serialized by
+/// the caller (<see cref="ReplyWriter"/>). Sends take a header and a body so sockets can put both
+/// into one vectored send.
+/// </summary>
+internal abstract class NbdTransport : IDisposable
+{
+    public abstract EndPoint? RemoteEndPoint { get; }
+
+    /// <summary>Reads at least one byte; returns 0 at end of stream.</summary>
+    public abstract int Read(Span<byte> buffer);
+
+    /// <summary>Sends head then body as one message.</summary>
+    public abstract void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body);
+
+    /// <summary>Stops both directions so a blocked reader wakes up.</summary>
+    public abstract void Shutdown();
+
+    public abstract void Dispose();
+
+    public void ReadExactly(Span<byte> buffer)
+    {
+        while (!buffer.IsEmpty)
+        {
+            int n = Read(buffer);
+            if (n == 0)
+                throw new EndOfStreamException("The peer closed the connection.");
+            buffer = buffer[n..];
+        }
+    }
+}

@@ -1,0 +1,235 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Storage;
+
+namespace NbdPowerShell.Engine.Server;
+
+/// <summary>
+/// Runs one validated request against the export's store and sends its reply. Runs on a worker
+/// thread; replies leave in whatever order requests finish.
+/// </summary>
+internal static class RequestExecutor
+{
+    /// <summary>Extents per BLOCK_STATUS reply; clients ask again for the rest.</summary>
+    private const int MaxStatusExtents = 1024;
+    /// <summary>Extents considered per hole-aware READ; the remainder is sent as data.</summary>
+    private const int MaxReadExtents = 32;
+
+    public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
+        IoCounters exportCounters, IoCounters connectionCounters)
+    {
+        bool fua = request.Flags.HasFlag(NbdCommandFlags.Fua);
+        long offset = (long)request.Offset;
+        uint length = request.Length;
+        try
+        {
+            switch (request.Command)
+            {
+                case NbdCommand.Read:
+                    if (structured)
+                        StructuredRead(request, store, writer);
+                    else
+                        SimpleRead(request, store, writer);
+                    exportCounters.CountRead(length);
+                    connectionCounters.CountRead(length);
+                    return NbdError.None;
+
+                case NbdCommand.Write:
+                    store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
+                    exportCounters.CountWrite(length);
+                    connectionCounters.CountWrite(length);
+                    break;
+
+                case NbdCommand.Flush:
+                    store.Flush();
+                    Interlocked.Increment(ref exportCounters.Flushes);
+                    Interlocked.Increment(ref connectionCounters.Flushes);
+                    break;
+
+                case NbdCommand.Trim:
+                    if (length > 0)
+                        store.Trim(offset, length, fua);
+                    Interlocked.Increment(ref exportCounters.Trims);
+                    Interlocked.Increment(ref connectionCounters.Trims);
+                    break;
+
+                case NbdCommand.WriteZeroes:
+                    if (length > 0)
+                        store.WriteZeroes(offset, length, mayPunch: !request.Flags.HasFlag(NbdCommandFlags.NoHole),
+                            fastOnly: request.Flags.HasFlag(NbdCommandFlags.FastZero), fua);
+                    Interlocked.Increment(ref exportCounters.Zeroes);
+                    Interlocked.Increment(ref connectionCounters.Zeroes);
+                    break;
+
+                case NbdCommand.Cache:
+                    if (length > 0)
+                        store.Cache(offset, length);
+                    break;
+
+                case NbdCommand.BlockStatus:
+                    if (length == 0)
+                        return Fail(request, writer, structured, NbdError.Invalid, exportCounters, connectionCounters);
+                    BlockStatus(request, store, writer, contextId!.Value);
+                    Interlocked.Increment(ref exportCounters.BlockStatus);
+                    Interlocked.Increment(ref connectionCounters.BlockStatus);
+                    return NbdError.None;
+            }
+            writer.SimpleReply(request.Cookie, NbdError.None, default);
+            return NbdError.None;
+        }
+        catch (StorageException e)
+        {
+            var error = NbdErrors.FromErrno(e.Errno);
+            // ENOTSUP is only allowed as the answer to FAST_ZERO.
+            if (error == NbdError.NotSupported && !request.Flags.HasFlag(NbdCommandFlags.FastZero))
+                error = NbdError.IO;
+            return Fail(request, writer, structured, error, exportCounters, connectionCounters);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return Fail(request, writer, structured, NbdError.IO, exportCounters, connectionCounters);
+        }
+    }
+
+    /// <summary>Counts the error, then sends it (counting first, so statistics never lag a reply the client has seen).</summary>
+    public static NbdError Fail(NbdRequest request, ReplyWriter writer, bool structured, NbdError error,
+        IoCounters exportCounters, IoCounters connectionCounters)
+    {
+        Interlocked.Increment(ref exportCounters.Errors);
+        Interlocked.Increment(ref connectionCounters.Errors);
+        if (structured && request.Command is NbdCommand.Read or NbdCommand.BlockStatus)
+            writer.ErrorChunk(request.Cookie, error);
+        else
+            writer.SimpleReply(request.Cookie, error, default);
+        return error;
+    }
+
+    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer)
+    {
+        int length = (int)request.Length;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        try
+        {
+            store.Read((long)request.Offset, buffer.AsSpan(0, length));
+            writer.SimpleReply(request.Cookie, NbdError.None, buffer.AsSpan(0, length));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>Structured READ: holes go out as OFFSET_HOLE chunks (no data on the wire), data as OFFSET_DATA.</summary>
+    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer)
+    {
+        long offset = (long)request.Offset;
+        int length = (int)request.Length;
+        var extents = request.Extents;
+        extents.Clear();
+        bool holeAware = length > 0 && !request.Flags.HasFlag(NbdCommandFlags.DontFragment) &&
+                         store.Capabilities.HasFlag(StoreCapabilities.Extents);
+        if (holeAware)
+            store.GetExtents(offset, length, extents, MaxReadExtents);
+
+        if (!holeAware || extents.Count == 0 || (extents[0].Flags & ExtentFlags.Zero) == 0 && extents[0].Length >= length)
+        {
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+            try
+            {
+                store.Read(offset, buffer.AsSpan(0, length));
+                writer.DataChunk(request.Cookie, done: true, (ulong)offset, buffer.AsSpan(0, length));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+            return;
+        }
+
+        byte[] data = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            long pos = offset;
+            long end = offset + length;
+            for (int i = 0; i < extents.Count && pos < end; i++)
+            {
+                long run = Math.Min(extents[i].Length, end - pos);
+                bool last = pos + run >= end;
+                if ((extents[i].Flags & ExtentFlags.Zero) != 0)
+                {
+                    writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
+                }
+                else
+                {
+                    var span = data.AsSpan(0, (int)run);
+                    store.Read(pos, span);
+                    writer.DataChunk(request.Cookie, last, (ulong)pos, span);
+                }
+                pos += run;
+            }
+            if (pos < end)
+            {
+                // The store described less than the whole range: send the rest as data.
+                var span = data.AsSpan(0, (int)(end - pos));
+                store.Read(pos, span);
+                writer.DataChunk(request.Cookie, done: true, (ulong)pos, span);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(data);
+        }
+    }
+
+    private static void BlockStatus(NbdRequest request, IBlockStore store, ReplyWriter writer, uint contextId)
+    {
+        long offset = (long)request.Offset;
+        long end = offset + request.Length;
+        int max = request.Flags.HasFlag(NbdCommandFlags.ReqOne) ? 1 : MaxStatusExtents;
+        var extents = request.Extents;
+        extents.Clear();
+        if (store.Capabilities.HasFlag(StoreCapabilities.Extents))
+        {
+            long pos = offset;
+            while (pos < end && extents.Count < max)
+            {
+                int before = extents.Count;
+                store.GetExtents(pos, end - pos, extents, max - extents.Count);
+                if (extents.Count == before)
+                    break;
+                for (int i = before; i < extents.Count; i++)
+                    pos += extents[i].Length;
+            }
+        }
+        if (extents.Count == 0)
+            extents.Add(new Extent(end - offset, ExtentFlags.Data));
+
+        byte[] payload = ArrayPool<byte>.Shared.Rent(4 + 8 * extents.Count);
+        try
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(payload, contextId);
+            int used = 4;
+            long at = offset;
+            foreach (var extent in extents)
+            {
+                if (at >= end)
+                    break;
+                // Clamp to the request so REQ_ONE and u32 lengths always hold.
+                long run = Math.Min(extent.Length, end - at);
+                var flags = (extent.Flags & ExtentFlags.Hole) != 0 ? AllocationFlags.Hole : AllocationFlags.Data;
+                if ((extent.Flags & ExtentFlags.Zero) != 0)
+                    flags |= AllocationFlags.Zero;
+                BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(used), (uint)run);
+                BinaryPrimitives.WriteUInt32BigEndian(payload.AsSpan(used + 4), (uint)flags);
+                used += 8;
+                at += run;
+            }
+            writer.BlockStatusChunk(request.Cookie, payload.AsSpan(0, used));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(payload);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+using System.Collections.Concurrent;
+using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Storage;
+
+namespace NbdPowerShell.Engine.Server;
+
+/// <summary>An export while it is being served: its definition, the flags it advertises, its live connections and counters.</summary>
+internal sealed class ServedExport
+{
+    private readonly ConcurrentDictionary<long, ClientConnection> _connections = new();
+    private long _totalConnections;
+    private int _slotsInUse;
+
+    public ServedExport(ExportDefinition definition)
+    {
+        Definition = definition;
+        var caps = definition.Store.Capabilities;
+        IsReadOnly = definition.ReadOnly || !caps.HasFlag(StoreCapabilities.Write);
+        Flags = ComputeFlags(caps, IsReadOnly);
+    }
+
+    public ExportDefinition Definition { get; }
+    public string Name => Definition.Name;
+    public IBlockStore Store => Definition.Store;
+    public long Size => Definition.Store.Size;
+    public bool IsReadOnly { get; }
+    public DateTimeOffset AddedAt { get; } = DateTimeOffset.UtcNow;
+    public IoCounters Counters { get; } = new();
+
+    /// <summary>Flags for clients without structured replies; DF is added per connection when they are negotiated.</summary>
+    public TransmissionFlags Flags { get; }
+
+    public int ConnectionCount => _connections.Count;
+
+    public IEnumerable<ClientConnection> Connections => _connections.Values;
+
+    public TransmissionFlags FlagsFor(bool structuredReplies) =>
+        structuredReplies ? Flags | TransmissionFlags.SendDf : Flags;
+
+    /// <summary>Advertise exactly what the store does: these flags set the kernel's write-cache and discard behaviour.</summary>
+    internal static TransmissionFlags ComputeFlags(StoreCapabilities caps, bool readOnly)
+    {
+        var flags = TransmissionFlags.HasFlags | TransmissionFlags.SendCache;
+        if (caps.HasFlag(StoreCapabilities.Flush))
+            flags |= TransmissionFlags.SendFlush;
+        if (caps.HasFlag(StoreCapabilities.Rotational))
+            flags |= TransmissionFlags.Rotational;
+        if (caps.HasFlag(StoreCapabilities.MultiConnCoherent))
+            flags |= TransmissionFlags.CanMultiConn;
+        if (readOnly)
+            return flags | TransmissionFlags.ReadOnly;
+        if (caps.HasFlag(StoreCapabilities.Fua))
+            flags |= TransmissionFlags.SendFua;
+        if (caps.HasFlag(StoreCapabilities.Trim))
+            flags |= TransmissionFlags.SendTrim;
+        if (caps.HasFlag(StoreCapabilities.WriteZeroes))
+        {
+            flags |= TransmissionFlags.SendWriteZeroes;
+            if (caps.HasFlag(StoreCapabilities.FastZero))
+                flags |= TransmissionFlags.SendFastZero;
+        }
+        return flags;
+    }
+
+    /// <summary>Takes a connection slot, honouring MaxConnections.</summary>
+    public bool TryAttach(ClientConnection connection)
+    {
+        int max = Definition.MaxConnections;
+        while (true)
+        {
+            int used = Volatile.Read(ref _slotsInUse);
+            if (max > 0 && used >= max)
+                return false;
+            if (Interlocked.CompareExchange(ref _slotsInUse, used + 1, used) == used)
+                break;
+        }
+        _connections[connection.Id] = connection;
+        Interlocked.Increment(ref _totalConnections);
+        return true;
+    }
+
+    public void Detach(ClientConnection connection)
+    {
+        if (_connections.TryRemove(connection.Id, out _))
+            Interlocked.Decrement(ref _slotsInUse);
+    }
+
+    public ExportSnapshot Snapshot() => new(
+        Name, Definition.Description, Store.Description, Size, IsReadOnly, Flags, Definition.MaxConnections,
+        Definition.AllowedClients?.Entries, AddedAt, Interlocked.Read(ref _totalConnections), Counters.Snapshot(),
+        _connections.Values.Select(c => c.Snapshot()).OrderBy(c => c.Id).ToArray());
+}
