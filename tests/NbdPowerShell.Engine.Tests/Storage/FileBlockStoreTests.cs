@@ -206,11 +206,11 @@ public sealed class FileBlockStoreTests : IDisposable
         var back = new byte[3];
         store.Read(5 * MiB + 3, back);
         Assert.Equal(new byte[] { 1, 2, 3 }, back);
-        Assert.NotEmpty(OpenDescriptorsUnder(_dir.Path));
+        Assert.NotEmpty(ScratchDirectory.OpenDescriptorsUnder(_dir.Path));
 
         store.Dispose();
 
-        Assert.Empty(OpenDescriptorsUnder(_dir.Path));
+        Assert.Empty(ScratchDirectory.OpenDescriptorsUnder(_dir.Path));
         Assert.Empty(Directory.EnumerateFileSystemEntries(_dir.Path));
     }
 
@@ -237,24 +237,5 @@ public sealed class FileBlockStoreTests : IDisposable
             bool zeroed = (i >= 4096 && i < 4096 + 65536) || (i >= 100_000 && i < 101_000);
             Assert.True(all[i] == (zeroed ? 0 : 3), $"byte {i} is {all[i]}");
         }
-    }
-
-    /// <summary>Descriptors of this process whose target lies in <paramref name="directory"/> (deleted or not).</summary>
-    private static List<string> OpenDescriptorsUnder(string directory)
-    {
-        var found = new List<string>();
-        foreach (string fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
-        {
-            try
-            {
-                string? target = new FileInfo(fd).LinkTarget;
-                if (target is not null && target.StartsWith(directory + "/", StringComparison.Ordinal))
-                    found.Add(target);
-            }
-            catch (IOException)
-            {
-            }
-        }
-        return found;
     }
 }
