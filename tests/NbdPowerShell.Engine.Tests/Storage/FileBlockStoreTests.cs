@@ -60,6 +60,25 @@ public sealed class FileBlockStoreTests : IDisposable
     }
 
     [Fact]
+    public void Reads_and_writes_do_not_allocate()
+    {
+        string path = _dir.SparseFile("disk.img", MiB);
+        using var store = FileBlockStore.Open(path, readOnly: false);
+        var buffer = new byte[4096];
+        store.Write(0, buffer, fua: true); // Warm up both write paths and the marshalling stubs.
+        store.Write(0, buffer, fua: false);
+        store.Read(0, buffer);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 200; i++)
+        {
+            store.Write(i * 4096L, buffer, fua: i % 50 == 0);
+            store.Read(i * 4096L + 7, buffer);
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    [Fact]
     public void Fua_write_is_visible_after_reopening()
     {
         string path = _dir.SparseFile("disk.img", MiB);
@@ -237,5 +256,76 @@ public sealed class FileBlockStoreTests : IDisposable
             bool zeroed = (i >= 4096 && i < 4096 + 65536) || (i >= 100_000 && i < 101_000);
             Assert.True(all[i] == (zeroed ? 0 : 3), $"byte {i} is {all[i]}");
         }
+    }
+
+    /// <summary>
+    /// Needs root and a free loop device, so it runs only when NBD_TEST_LOOP_DEVICE=1 is set.
+    /// </summary>
+    [Fact]
+    public void Loop_block_device_reads_writes_zeroes_and_trims()
+    {
+        if (Environment.GetEnvironmentVariable("NBD_TEST_LOOP_DEVICE") != "1")
+        {
+            _output.WriteLine("SKIPPED: set NBD_TEST_LOOP_DEVICE=1 (root) to attach a loop device");
+            return;
+        }
+        const int size = 8 * MiB;
+        string backing = _dir.File("loop.img");
+        File.WriteAllBytes(backing, Enumerable.Repeat((byte)0x77, size).ToArray());
+        string device = RunTool("losetup", $"--find --show {backing}");
+        try
+        {
+            using (var store = FileBlockStore.Open(device, readOnly: false))
+            {
+                Assert.True(store.IsBlockDevice);
+                Assert.Equal(size, store.Size);
+                Assert.Equal("device:" + device, store.Description);
+                Assert.Equal(512, store.LogicalSectorSize);
+                Assert.False(store.Capabilities.HasFlag(StoreCapabilities.Extents));
+                _output.WriteLine($"{device}: {store.Capabilities}");
+
+                var data = Enumerable.Range(0, 3000).Select(i => (byte)i).ToArray();
+                store.Write(1001, data, fua: true);
+                store.WriteZeroes(10_000, 100_000, mayPunch: true, fastOnly: false, fua: false);
+                store.WriteZeroes(200_001, 50_000, mayPunch: false, fastOnly: false, fua: true);
+                store.Trim(MiB, MiB, fua: false);
+                store.Flush();
+
+                var all = new byte[size];
+                store.Read(0, all);
+                Assert.Equal(data, all.AsSpan(1001, 3000).ToArray());
+                Assert.Equal(0x77, all[1000]);
+                Assert.Equal(0x77, all[4001]);
+                Assert.All(all.AsSpan(10_000, 100_000).ToArray(), b => Assert.Equal(0, b));
+                Assert.Equal(0x77, all[110_000]);
+                Assert.All(all.AsSpan(200_001, 50_000).ToArray(), b => Assert.Equal(0, b));
+                Assert.Equal(0x77, all[200_000]);
+                Assert.Equal(0x77, all[250_001]);
+
+                var extents = new List<Extent>();
+                store.GetExtents(0, size, extents, 10);
+                Assert.Equal(new[] { new Extent(size, ExtentFlags.Data) }, extents);
+            }
+            using var readOnly = FileBlockStore.Open(device, readOnly: true);
+            Assert.Throws<StorageException>(() => readOnly.Write(0, new byte[512], fua: false));
+        }
+        finally
+        {
+            RunTool("losetup", $"-d {device}");
+        }
+    }
+
+    private static string RunTool(string tool, string arguments)
+    {
+        using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(tool, arguments)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        string stdout = process.StandardOutput.ReadToEnd();
+        string stderr = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, $"{tool} {arguments} failed: {stderr}");
+        return stdout.Trim();
     }
 }
