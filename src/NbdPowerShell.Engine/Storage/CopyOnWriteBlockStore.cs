@@ -169,6 +169,12 @@ public sealed class CopyOnWriteBlockStore : IBlockStore
 
     public void WriteZeroes(long offset, long length, bool mayPunch, bool fastOnly, bool fua)
     {
+        if (length <= 0)
+        {
+            if (fua)
+                _overlay.Flush();
+            return;
+        }
         long end = offset + length;
         if (fastOnly)
             ThrowIfNotFast(offset, end);

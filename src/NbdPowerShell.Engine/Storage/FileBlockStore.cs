@@ -220,12 +220,13 @@ public sealed class FileBlockStore : IBlockStore
     public void WriteZeroes(long offset, long length, bool mayPunch, bool fastOnly, bool fua)
     {
         ThrowIfReadOnly();
-        if (length <= 0)
-            return;
-        if (_isBlockDevice)
-            ZeroBlockDevice(offset, length, mayPunch, fastOnly);
-        else
-            ZeroFile(offset, length, mayPunch, fastOnly);
+        if (length > 0)
+        {
+            if (_isBlockDevice)
+                ZeroBlockDevice(offset, length, mayPunch, fastOnly);
+            else
+                ZeroFile(offset, length, mayPunch, fastOnly);
+        }
         if (fua)
             Flush();
     }

@@ -178,6 +178,21 @@ public sealed class CopyOnWriteBlockStoreTests : IDisposable
     }
 
     [Fact]
+    public void Empty_requests_change_nothing()
+    {
+        var (path, content) = RandomBaseFile();
+        using var baseStore = FileBlockStore.Open(path, readOnly: true);
+        using var cow = CopyOnWriteBlockStore.WithMemoryOverlay(baseStore, Block);
+
+        cow.Write(0, ReadOnlySpan<byte>.Empty, fua: true);
+        cow.WriteZeroes(0, 0, mayPunch: true, fastOnly: true, fua: true);
+        cow.Trim(Block, 0, fua: true);
+        cow.Read(0, Span<byte>.Empty);
+
+        Assert.Equal(0, cow.BlocksInOverlay);
+    }
+
+    [Fact]
     public void Capabilities_include_writes_even_over_a_read_only_base()
     {
         var (path, _) = RandomBaseFile();
