@@ -52,8 +52,9 @@ public sealed class FileBlockStore : IBlockStore
         if (!readOnly)
         {
             caps |= StoreCapabilities.Write | StoreCapabilities.Trim | StoreCapabilities.WriteZeroes;
-            bool fast = isBlockDevice ? hardwareZeroes : ProbePunchHole();
-            if (fast)
+            // Files: nearly every Linux file system can punch or zero ranges, and probing would
+            // change the file's mtime just by opening it; where it cannot, fast zeroes get ENOTSUP.
+            if (!isBlockDevice || hardwareZeroes)
                 caps |= StoreCapabilities.FastZero;
         }
         Capabilities = caps;
@@ -480,15 +481,6 @@ public sealed class FileBlockStore : IBlockStore
         if (Libc.LSeek(_fd, 0, Libc.SEEK_DATA) >= 0)
             return true;
         return Libc.LastErrno == Libc.ENXIO; // ENXIO: no data at all, which still means it works.
-    }
-
-    /// <summary>Punching at end of file with KEEP_SIZE changes nothing but tells whether the file system can.</summary>
-    private bool ProbePunchHole()
-    {
-        if (Libc.FAllocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, Size, 1) == 0)
-            return true;
-        _punchWorks = false;
-        return false;
     }
 
     private static FileBlockStore OpenBlockDevice(SafeFileHandle handle, string fullPath, bool readOnly, uint major, uint minor)

@@ -26,9 +26,22 @@ public sealed class FileBlockStoreTests : IDisposable
         Assert.Equal("file:" + path, store.Description);
         Assert.False(store.IsBlockDevice);
         var required = StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Fua | StoreCapabilities.Trim |
-            StoreCapabilities.WriteZeroes | StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent;
+            StoreCapabilities.WriteZeroes | StoreCapabilities.FastZero | StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent;
         Assert.Equal(required, store.Capabilities & required);
         Assert.False(store.Capabilities.HasFlag(StoreCapabilities.Rotational));
+    }
+
+    [Fact]
+    public void Opening_read_write_does_not_touch_the_file()
+    {
+        string path = _dir.SparseFile("disk.img", MiB);
+        var stamp = new DateTime(2020, 1, 2, 3, 4, 5, DateTimeKind.Utc);
+        File.SetLastWriteTimeUtc(path, stamp);
+
+        using (var store = FileBlockStore.Open(path, readOnly: false))
+            store.Read(0, new byte[4096]);
+
+        Assert.Equal(stamp, File.GetLastWriteTimeUtc(path));
     }
 
     [Fact]
