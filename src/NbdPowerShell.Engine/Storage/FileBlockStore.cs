@@ -187,7 +187,7 @@ public sealed class FileBlockStore : IBlockStore
     public void Write(long offset, ReadOnlySpan<byte> source, bool fua)
     {
         ThrowIfReadOnly();
-        if (fua && _pwritev2Works && TryWriteDsync(offset, source))
+        if (fua && _pwritev2Works && TryWriteDsyncOrDisable(offset, source))
             return;
         WriteAll(offset, source);
         if (fua)
@@ -301,6 +301,19 @@ public sealed class FileBlockStore : IBlockStore
     {
         if (_readOnly)
             throw new StorageException(Libc.EROFS, $"{Description} is open read-only.");
+    }
+
+    private bool TryWriteDsyncOrDisable(long offset, ReadOnlySpan<byte> source)
+    {
+        try
+        {
+            return TryWriteDsync(offset, source);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            _pwritev2Works = false; // A C library without pwritev2 (glibc < 2.26, older musl).
+            return false;
+        }
     }
 
     private unsafe bool TryWriteDsync(long offset, ReadOnlySpan<byte> source)
