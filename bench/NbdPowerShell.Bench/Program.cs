@@ -4,7 +4,7 @@ using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
-// Prints "READY <port>" once listening, then serves until stdin closes or SIGTERM.
+// Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
@@ -53,8 +53,8 @@ Console.WriteLine($"READY {bound.Port}");
 
 var stop = new TaskCompletionSource();
 Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
-AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
-_ = Task.Run(() => { while (Console.In.Read() >= 0) { } stop.TrySetResult(); });
+using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+    System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.TrySetResult(); });
 await stop.Task;
 await server.StopAsync();
 return 0;

@@ -28,11 +28,9 @@ internal static class RequestExecutor
             {
                 case NbdCommand.Read:
                     if (structured)
-                        StructuredRead(request, store, writer);
+                        StructuredRead(request, store, writer, exportCounters, connectionCounters);
                     else
-                        SimpleRead(request, store, writer);
-                    exportCounters.CountRead(length);
-                    connectionCounters.CountRead(length);
+                        SimpleRead(request, store, writer, exportCounters, connectionCounters);
                     return NbdError.None;
 
                 case NbdCommand.Write:
@@ -105,13 +103,21 @@ internal static class RequestExecutor
         return error;
     }
 
-    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer)
+    /// <summary>Counted once the data is in hand and before the reply leaves, so statistics never lag what a client saw.</summary>
+    private static void CountRead(uint length, IoCounters exportCounters, IoCounters connectionCounters)
+    {
+        exportCounters.CountRead(length);
+        connectionCounters.CountRead(length);
+    }
+
+    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
     {
         int length = (int)request.Length;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
         try
         {
             store.Read((long)request.Offset, buffer.AsSpan(0, length));
+            CountRead(request.Length, exportCounters, connectionCounters);
             writer.SimpleReply(request.Cookie, NbdError.None, buffer.AsSpan(0, length));
         }
         finally
@@ -121,7 +127,7 @@ internal static class RequestExecutor
     }
 
     /// <summary>Structured READ: holes go out as OFFSET_HOLE chunks (no data on the wire), data as OFFSET_DATA.</summary>
-    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer)
+    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
@@ -138,6 +144,7 @@ internal static class RequestExecutor
             try
             {
                 store.Read(offset, buffer.AsSpan(0, length));
+                CountRead(request.Length, exportCounters, connectionCounters);
                 writer.DataChunk(request.Cookie, done: true, (ulong)offset, buffer.AsSpan(0, length));
             }
             finally
@@ -156,6 +163,8 @@ internal static class RequestExecutor
             {
                 long run = Math.Min(extents[i].Length, end - pos);
                 bool last = pos + run >= end;
+                if (last)
+                    CountRead(request.Length, exportCounters, connectionCounters);
                 if ((extents[i].Flags & ExtentFlags.Zero) != 0)
                 {
                     writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
@@ -173,6 +182,7 @@ internal static class RequestExecutor
                 // The store described less than the whole range: send the rest as data.
                 var span = data.AsSpan(0, (int)(end - pos));
                 store.Read(pos, span);
+                CountRead(request.Length, exportCounters, connectionCounters);
                 writer.DataChunk(request.Cookie, done: true, (ulong)pos, span);
             }
         }

@@ -12,6 +12,7 @@ namespace NbdPowerShell.Engine.Tests.Server;
 /// work items queued without closures, vectored sends from pinned spans). This measures it with a
 /// client loop that itself allocates nothing.
 /// </summary>
+[Collection(SerialCollection.Name)]
 public class SteadyStateAllocationTests
 {
     [Fact]
