@@ -134,6 +134,8 @@ internal sealed class OptionNegotiator
     private NegotiatedSession? HandleExportName(byte[] data)
     {
         // EXPORT_NAME cannot carry an error: on failure the only answer is to hang up.
+        if (data.Length > NbdLimits.MaxStringLength)
+            return null;
         string name = Encoding.UTF8.GetString(data);
         var export = _server.ResolveExport(name, _connection, out _, out string? message);
         if (export == null || !export.TryAttach(_connection))
@@ -202,6 +204,11 @@ internal sealed class OptionNegotiator
         if (nameLength > (uint)(data.Length - 6))
         {
             Reply(option, NbdOptionReplyType.ErrInvalid, "export name length exceeds the option");
+            return null;
+        }
+        if (nameLength > NbdLimits.MaxStringLength)
+        {
+            Reply(option, NbdOptionReplyType.ErrInvalid, "export names are limited to 4096 bytes");
             return null;
         }
         string name = Encoding.UTF8.GetString(data, 4, (int)nameLength);
@@ -294,6 +301,11 @@ internal sealed class OptionNegotiator
         if (exportLength > (uint)(span.Length - 8))
         {
             Reply(option, NbdOptionReplyType.ErrInvalid, "export name length exceeds the option");
+            return;
+        }
+        if (exportLength > NbdLimits.MaxStringLength)
+        {
+            Reply(option, NbdOptionReplyType.ErrInvalid, "export names are limited to 4096 bytes");
             return;
         }
         string exportName = Encoding.UTF8.GetString(span.Slice(4, (int)exportLength));

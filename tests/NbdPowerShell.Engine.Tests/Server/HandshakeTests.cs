@@ -306,4 +306,17 @@ public class HandshakeTests
         second.SendOption(NbdOption.Go, RawNbdClient.InfoData("one"));
         Assert.Equal(NbdOptionReplyType.Ack, second.ReadOptionReplies()[^1].Type);
     }
+
+    [Fact]
+    public async Task Export_names_longer_than_4096_bytes_are_invalid()
+    {
+        await using var server = await ServerWith("a");
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Greet();
+        c.SendOption(NbdOption.Info, RawNbdClient.InfoData(new string('x', 5000)));
+        Assert.Equal(NbdOptionReplyType.ErrInvalid, c.ReadOptionReply().Type);
+        c.SendOption(NbdOption.ListMetaContext, RawNbdClient.MetaContextData(new string('y', 4097)));
+        Assert.Equal(NbdOptionReplyType.ErrInvalid, c.ReadOptionReply().Type);
+        GoAfterGreet(c, "a");
+    }
 }
