@@ -42,7 +42,8 @@ run_fio() { # port workload-args -> "MiB/s IOPS" (read+write)
         --time_based --ramp_time=1 --output-format=json 2>/dev/null)
     python3 -c '
 import json,sys
-j=json.load(sys.stdin)["jobs"][0]
+text=sys.stdin.read()
+j=json.loads(text[text.index("{"):])["jobs"][0]  # fio prints "connected to NBD server" first
 bw=(j["read"]["bw_bytes"]+j["write"]["bw_bytes"])/1048576
 iops=j["read"]["iops"]+j["write"]["iops"]
 print(f"{bw:.0f} {iops:.0f}")' <<<"$out"
@@ -50,11 +51,16 @@ print(f"{bw:.0f} {iops:.0f}")' <<<"$out"
 
 declare -A result
 servers=()
-bench_server() { # label start-command...
+bench_server() { # label start-command...   (PIDFILE=f: the command daemonizes and writes its pid there)
     local label=$1; shift
     port=$((port + 1))
     "$@" &
-    local pid=$!; pids+=("$pid")
+    local pid=$!
+    if [ -n "${PIDFILE:-}" ]; then
+        for _ in $(seq 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done
+        pid=$(cat "$PIDFILE")
+    fi
+    pids+=("$pid")
     wait_port "$port"
     # Pre-fill the job region so reads hit data, not holes, for every server alike.
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$port/bench" --rw=write --bs=1M --iodepth=8 --size=1G >/dev/null 2>&1
@@ -74,7 +80,8 @@ bench_server engine-file   $engine serve --port $((port + 1)) --file "bench:$(im
 bench_server nbdkit-file   nbdkit -f --exit-with-parent -i 127.0.0.1 -p $((port + 1)) file "file=$(img nbdkit)"
 f=$(img nbdserver)
 printf '[generic]\nlistenaddr = 127.0.0.1\nport = %s\n[bench]\nexportname = %s\n' $((port + 1)) "$f" > "$dir/nbd-server.conf"
-bench_server nbd-server    nbd-server -C "$dir/nbd-server.conf" -d
+# -d would serve a single client only, so let it daemonize and track it by pid file.
+PIDFILE=$dir/nbd-server.pid bench_server nbd-server nbd-server -C "$dir/nbd-server.conf" -p "$dir/nbd-server.pid"
 bench_server qemu-nbd-file qemu-nbd -f raw -x bench -b 127.0.0.1 -p $((port + 1)) -t --shared=16 --aio=threads "$(img qemu)"
 bench_server engine-memory $engine serve --port $((port + 1)) --memory "bench:$size"
 bench_server nbdkit-memory nbdkit -f --exit-with-parent -i 127.0.0.1 -p $((port + 1)) memory "$size"

@@ -244,7 +244,8 @@ internal sealed class ClientConnection
         while (InFlight > 0 && DateTime.UtcNow < until && !Closed.IsCompleted)
             await Task.Delay(10).ConfigureAwait(false);
         _transport.Shutdown();
-        await Closed.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+        // The reader wakes on the shutdown; give it a bounded time, a stuck store must not hang Stop.
+        await Task.WhenAny(Closed, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
     }
 
     /// <summary>Drops the connection now (used for forced removal and for clients past the deadline).</summary>

@@ -59,7 +59,8 @@ public sealed class NbdServer : IAsyncDisposable
             throw new NbdServerException(NbdServerError.ExportBusy,
                 $"Export '{name}' has {export.ConnectionCount} connected client(s); disconnect them or use -Force.");
         _exports.TryRemove(name, out _);
-        await Task.WhenAll(export.Connections.Select(c => c.StopAsync(Options.StopGracePeriod))).WaitAsync(cancellationToken).ConfigureAwait(false);
+        var attached = export.MarkRemoved();
+        await Task.WhenAll(attached.Select(c => c.StopAsync(Options.StopGracePeriod))).WaitAsync(cancellationToken).ConfigureAwait(false);
         export.Store.Dispose();
         _log.LogInformation("Stopped serving export '{Name}'", name);
     }

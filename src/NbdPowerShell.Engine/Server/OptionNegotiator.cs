@@ -240,7 +240,10 @@ internal sealed class OptionNegotiator
         bool go = option == NbdOption.Go;
         if (go && !export.TryAttach(_connection))
         {
-            Reply(option, NbdOptionReplyType.ErrPolicy, $"export '{name}' already has its maximum of {export.Definition.MaxConnections} connections");
+            if (export.Removed)
+                Reply(option, NbdOptionReplyType.ErrUnknown, $"export '{name}' is being removed");
+            else
+                Reply(option, NbdOptionReplyType.ErrPolicy, $"export '{name}' already has its maximum of {export.Definition.MaxConnections} connections");
             return null;
         }
         try

@@ -62,7 +62,19 @@ internal sealed class ServedExport
         return flags;
     }
 
-    /// <summary>Takes a connection slot, honouring MaxConnections.</summary>
+    /// <summary>Set once the export is being removed: no connection may attach after that.</summary>
+    public bool Removed => Volatile.Read(ref _removed) != 0;
+    private int _removed;
+
+    /// <summary>Marks the export removed and returns the connections that attached before.</summary>
+    public ClientConnection[] MarkRemoved()
+    {
+        Volatile.Write(ref _removed, 1);
+        lock (_connections)
+            return _connections.Values.ToArray();
+    }
+
+    /// <summary>Takes a connection slot, honouring MaxConnections; fails once the export is being removed.</summary>
     public bool TryAttach(ClientConnection connection)
     {
         int max = Definition.MaxConnections;
@@ -74,7 +86,17 @@ internal sealed class ServedExport
             if (Interlocked.CompareExchange(ref _slotsInUse, used + 1, used) == used)
                 break;
         }
-        _connections[connection.Id] = connection;
+        // Registering under the same lock as MarkRemoved means a removal either sees this
+        // connection (and stops it) or this attach sees the removal (and backs out).
+        lock (_connections)
+        {
+            if (Removed)
+            {
+                Interlocked.Decrement(ref _slotsInUse);
+                return false;
+            }
+            _connections[connection.Id] = connection;
+        }
         Interlocked.Increment(ref _totalConnections);
         return true;
     }
