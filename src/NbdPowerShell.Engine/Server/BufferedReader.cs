@@ -16,6 +16,9 @@ internal sealed class BufferedReader
         _buffer = new byte[size];
     }
 
+    /// <summary>Bytes already read from the transport but not consumed.</summary>
+    public bool HasBufferedData => _start != _end;
+
     /// <summary>Fills <paramref name="destination"/> or returns false if the stream ended before the first byte.</summary>
     public bool TryReadExactly(Span<byte> destination)
     {

@@ -16,9 +16,10 @@ internal sealed class ClientConnection
     private static long s_nextId;
 
     private readonly NbdServer _server;
+    // The accepted socket: shutting it down ends the connection whatever runs on top of it (TLS included).
     private readonly NbdTransport _transport;
-    private readonly BufferedReader _reader;
-    private readonly ReplyWriter _writer;
+    // Set after negotiation, over the session's transport (the TLS one after STARTTLS).
+    private ReplyWriter _writer = null!;
     private readonly ILogger _log;
     private readonly int _maxInFlight;
     private readonly SemaphoreSlim _slots;
@@ -33,8 +34,6 @@ internal sealed class ClientConnection
         Id = Interlocked.Increment(ref s_nextId);
         _server = server;
         _transport = transport;
-        _reader = new BufferedReader(transport);
-        _writer = new ReplyWriter(transport);
         _log = log;
         _maxInFlight = maxInFlight;
         _slots = new SemaphoreSlim(maxInFlight, maxInFlight);
@@ -58,7 +57,10 @@ internal sealed class ClientConnection
     }
 
     public ConnectionSnapshot Snapshot() => new(
-        Id, ClientAddress, _session?.Export.Name ?? "", ConnectedAt, _session?.StructuredReplies ?? false, Counters.Snapshot());
+        Id, ClientAddress, _session?.Export.Name ?? "", ConnectedAt, _session?.StructuredReplies ?? false, Counters.Snapshot())
+    {
+        Tls = _session?.Tls ?? false,
+    };
 
     private void Run()
     {
@@ -101,7 +103,7 @@ internal sealed class ClientConnection
                 _transport.Shutdown();
             }
         }, null, _server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
-        var negotiator = new OptionNegotiator(_server, this, _transport, _reader, _log);
+        var negotiator = new OptionNegotiator(_server, this, _transport, new BufferedReader(_transport), _log);
         var session = negotiator.Run();
         deadline.Change(Timeout.Infinite, Timeout.Infinite);
         return session;
@@ -111,10 +113,12 @@ internal sealed class ClientConnection
     {
         var export = session.Export;
         var flags = export.FlagsFor(session.StructuredReplies);
+        var reader = session.Reader;
+        _writer = new ReplyWriter(session.Transport);
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
-            if (!_reader.TryReadExactly(header))
+            if (!reader.TryReadExactly(header))
                 return;
             uint magic = BinaryPrimitives.ReadUInt32BigEndian(header);
             if (magic != NbdMagic.Request)
@@ -150,14 +154,14 @@ internal sealed class ClientConnection
                         _log.LogWarning("Client {Client} announced a {Length}-byte write; disconnecting", ClientAddress, length);
                         return;
                     }
-                    _reader.Skip(length);
+                    reader.Skip(length);
                 }
                 else
                 {
                     payload = ArrayPool<byte>.Shared.Rent(Math.Max((int)length, 1));
                     try
                     {
-                        _reader.ReadExactly(payload.AsSpan(0, (int)length));
+                        reader.ReadExactly(payload.AsSpan(0, (int)length));
                     }
                     catch
                     {
@@ -260,6 +264,7 @@ internal sealed class ClientConnection
         while (InFlight > 0 && DateTime.UtcNow < until)
             Thread.Sleep(1);
         _session?.Export.Detach(this);
+        (_session?.Transport ?? _transport).Dispose();
         _transport.Dispose();
         _server.Forget(this);
         _closed.TrySetResult();

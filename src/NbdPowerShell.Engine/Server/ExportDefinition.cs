@@ -28,6 +28,9 @@ public sealed class ExportDefinition
     /// <summary>Most simultaneous connections in transmission; 0 = unlimited.</summary>
     public int MaxConnections { get; init; }
 
+    /// <summary>Only clients that upgraded with STARTTLS may use (or see) this export. Needs server TLS.</summary>
+    public bool TlsOnly { get; init; }
+
     /// <summary>Clients allowed to use this export; null = everyone the server admits.</summary>
     public AddressFilter? AllowedClients { get; init; }
 }

@@ -30,7 +30,11 @@ public sealed record IoStatistics(
 
 /// <summary>A point-in-time view of one client connection.</summary>
 public sealed record ConnectionSnapshot(
-    long Id, string ClientAddress, string ExportName, DateTimeOffset ConnectedAt, bool StructuredReplies, IoStatistics Io);
+    long Id, string ClientAddress, string ExportName, DateTimeOffset ConnectedAt, bool StructuredReplies, IoStatistics Io)
+{
+    /// <summary>The connection upgraded with STARTTLS.</summary>
+    public bool Tls { get; init; }
+}
 
 /// <summary>A point-in-time view of one export.</summary>
 public sealed record ExportSnapshot(

@@ -41,6 +41,8 @@ public sealed class NbdServer : IAsyncDisposable
     public void AddExport(ExportDefinition export)
     {
         ThrowIfStopping();
+        if (export.TlsOnly && Options.Tls == null)
+            throw new ArgumentException($"Export '{export.Name}' is TLS-only but the server has no TLS certificate.", nameof(export));
         if (!_exports.TryAdd(export.Name, new ServedExport(export)))
             throw new NbdServerException(NbdServerError.ExportAlreadyExists,
                 $"An export named '{export.Name}' is already served here; choose another name or stop it first.");
@@ -146,12 +148,21 @@ public sealed class NbdServer : IAsyncDisposable
     internal void Forget(ClientConnection connection) => _connections.TryRemove(connection.Id, out _);
 
     /// <summary>Finds an export for a client, or says which option error to send.</summary>
-    internal ServedExport? ResolveExport(string name, ClientConnection client, out NbdOptionReplyType error, out string? message)
+    internal ServedExport? ResolveExport(string name, ClientConnection client, bool tls, out NbdOptionReplyType error, out string? message)
     {
+        bool selectiveTls = !tls && Options.Tls?.Mode == TlsMode.Allow && _exports.Values.Any(e => e.Definition.TlsOnly);
         if (!_exports.TryGetValue(name, out var export))
         {
-            error = NbdOptionReplyType.ErrUnknown;
-            message = name.Length == 0 ? "this server has no default export" : $"no export named '{name}'";
+            // SELECTIVETLS: a plain client must not learn which names exist behind TLS.
+            error = selectiveTls ? NbdOptionReplyType.ErrTlsRequired : NbdOptionReplyType.ErrUnknown;
+            message = selectiveTls ? "TLS is required for this export" :
+                name.Length == 0 ? "this server has no default export" : $"no export named '{name}'";
+            return null;
+        }
+        if (export.Definition.TlsOnly && !tls)
+        {
+            error = NbdOptionReplyType.ErrTlsRequired;
+            message = "TLS is required for this export";
             return null;
         }
         if (export.Definition.AllowedClients is { } allowed && !allowed.Allows(client.RemoteEndPoint))
@@ -167,9 +178,9 @@ public sealed class NbdServer : IAsyncDisposable
     }
 
     /// <summary>Exports a client may see in LIST: those it would be allowed to use.</summary>
-    internal IEnumerable<ServedExport> ExportsVisibleTo(ClientConnection client) =>
+    internal IEnumerable<ServedExport> ExportsVisibleTo(ClientConnection client, bool tls) =>
         _exports.Values
-            .Where(e => e.Definition.AllowedClients?.Allows(client.RemoteEndPoint) ?? true)
+            .Where(e => (e.Definition.AllowedClients?.Allows(client.RemoteEndPoint) ?? true) && (tls || !e.Definition.TlsOnly))
             .OrderBy(e => e.Name, StringComparer.Ordinal);
 
     /// <summary>

@@ -14,6 +14,9 @@ public sealed class NbdServerOptions
     /// <summary>Clients admitted at all; others are dropped before the handshake. Null admits everyone.</summary>
     public AddressFilter? AllowedClients { get; init; }
 
+    /// <summary>TLS settings; null means no TLS (STARTTLS gets ERR_POLICY).</summary>
+    public TlsOptions? Tls { get; init; }
+
     /// <summary>How long a graceful stop waits for in-flight requests before closing sockets.</summary>
     public TimeSpan StopGracePeriod { get; init; } = TimeSpan.FromSeconds(10);
 }

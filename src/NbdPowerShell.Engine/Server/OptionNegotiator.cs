@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using System.Security.Authentication;
 using Microsoft.Extensions.Logging;
 using NbdPowerShell.Engine.Protocol;
 
@@ -15,8 +16,10 @@ internal sealed class OptionNegotiator
 
     private readonly NbdServer _server;
     private readonly ClientConnection _connection;
-    private readonly NbdTransport _transport;
-    private readonly BufferedReader _reader;
+    // Replaced by their TLS counterparts after STARTTLS.
+    private NbdTransport _transport;
+    private BufferedReader _reader;
+    private bool _tls;
     private readonly ILogger _log;
     private readonly byte[] _header = new byte[NbdLimits.OptionReplyHeaderSize];
 
@@ -92,6 +95,15 @@ internal sealed class OptionNegotiator
                 continue;
             }
 
+            if (!_tls && _server.Options.Tls?.Mode == TlsMode.Require && option is not (NbdOption.StartTls or NbdOption.Abort))
+            {
+                // FORCEDTLS: nothing but STARTTLS and ABORT before the upgrade; EXPORT_NAME cannot carry the error.
+                if (option == NbdOption.ExportName)
+                    return null;
+                Reply(option, NbdOptionReplyType.ErrTlsRequired, "this server requires TLS: send STARTTLS first");
+                continue;
+            }
+
             switch (option)
             {
                 case NbdOption.ExportName:
@@ -103,7 +115,8 @@ internal sealed class OptionNegotiator
                     HandleList(data);
                     break;
                 case NbdOption.StartTls:
-                    HandleStartTls(data);
+                    if (!HandleStartTls(data))
+                        return null;
                     break;
                 case NbdOption.Info:
                 case NbdOption.Go:
@@ -137,7 +150,7 @@ internal sealed class OptionNegotiator
         if (data.Length > NbdLimits.MaxStringLength)
             return null;
         string name = Encoding.UTF8.GetString(data);
-        var export = _server.ResolveExport(name, _connection, out _, out string? message);
+        var export = _server.ResolveExport(name, _connection, _tls, out _, out string? message);
         if (export == null || !export.TryAttach(_connection))
         {
             _log.LogInformation("Client {Client} asked for export '{Name}' with EXPORT_NAME: {Reason}", _connection.ClientAddress, name, message ?? "no free connection slot");
@@ -157,7 +170,7 @@ internal sealed class OptionNegotiator
             throw;
         }
         // Structured replies only apply to GO sessions' flags; EXPORT_NAME clients may still have negotiated them.
-        return new NegotiatedSession(export, _structuredReplies, SelectedContextFor(name));
+        return new NegotiatedSession(export, _structuredReplies, SelectedContextFor(name), _transport, _reader, _tls);
     }
 
     private void HandleList(byte[] data)
@@ -168,7 +181,7 @@ internal sealed class OptionNegotiator
             return;
         }
         var payload = new byte[NbdLimits.MaxOptionReplyPayload];
-        foreach (var export in _server.ExportsVisibleTo(_connection))
+        foreach (var export in _server.ExportsVisibleTo(_connection, _tls))
         {
             byte[] name = Encoding.UTF8.GetBytes(export.Name);
             if (name.Length + 4 > payload.Length)
@@ -182,14 +195,50 @@ internal sealed class OptionNegotiator
         Reply(NbdOption.List, NbdOptionReplyType.Ack);
     }
 
-    private void HandleStartTls(byte[] data)
+    /// <summary>Returns false when the connection must end (failed TLS handshake or a client that did not wait for the ACK).</summary>
+    private bool HandleStartTls(byte[] data)
     {
+        var tls = _server.Options.Tls;
         if (data.Length != 0)
         {
             Reply(NbdOption.StartTls, NbdOptionReplyType.ErrInvalid, "STARTTLS takes no data");
-            return;
+            return true;
         }
-        Reply(NbdOption.StartTls, NbdOptionReplyType.ErrPolicy, "TLS is not configured on this server");
+        if (tls == null)
+        {
+            Reply(NbdOption.StartTls, NbdOptionReplyType.ErrPolicy, "TLS is not configured on this server");
+            return true;
+        }
+        if (_tls)
+        {
+            Reply(NbdOption.StartTls, NbdOptionReplyType.ErrInvalid, "TLS is already active");
+            return true;
+        }
+        if (_reader.HasBufferedData)
+        {
+            // Bytes after STARTTLS but before our ACK would be plaintext smuggled into the TLS session.
+            _log.LogWarning("Client {Client} sent data before the STARTTLS reply; dropping it", _connection.ClientAddress);
+            return false;
+        }
+        Reply(NbdOption.StartTls, NbdOptionReplyType.Ack);
+        try
+        {
+            var secure = TlsTransport.Accept(_transport, tls);
+            _transport = secure;
+            _reader = new BufferedReader(secure);
+        }
+        catch (Exception e) when (e is AuthenticationException or IOException)
+        {
+            _log.LogWarning("TLS handshake with {Client} failed: {Message}", _connection.ClientAddress, e.Message);
+            return false;
+        }
+        _tls = true;
+        // Nothing negotiated in plaintext survives the upgrade (nbdkit CVE-2021-3716).
+        _structuredReplies = false;
+        _baseAllocationSelected = false;
+        _metaContextExport = null;
+        _log.LogDebug("Client {Client} upgraded to TLS", _connection.ClientAddress);
+        return true;
     }
 
     private NegotiatedSession? HandleInfoOrGo(NbdOption option, byte[] data)
@@ -231,7 +280,7 @@ internal sealed class OptionNegotiator
             }
         }
 
-        var export = _server.ResolveExport(name, _connection, out var error, out string? message);
+        var export = _server.ResolveExport(name, _connection, _tls, out var error, out string? message);
         if (export == null)
         {
             Reply(option, error, message ?? "export not available");
@@ -273,7 +322,7 @@ internal sealed class OptionNegotiator
                 export.Detach(_connection);
             throw;
         }
-        return go ? new NegotiatedSession(export, _structuredReplies, SelectedContextFor(name)) : null;
+        return go ? new NegotiatedSession(export, _structuredReplies, SelectedContextFor(name), _transport, _reader, _tls) : null;
     }
 
     private uint? SelectedContextFor(string exportName) =>
@@ -338,7 +387,7 @@ internal sealed class OptionNegotiator
             Reply(option, NbdOptionReplyType.ErrInvalid, "trailing bytes after the queries");
             return;
         }
-        var export = _server.ResolveExport(exportName, _connection, out var error, out string? message);
+        var export = _server.ResolveExport(exportName, _connection, _tls, out var error, out string? message);
         if (export == null)
         {
             Reply(option, error, message ?? "export not available");
