@@ -3,6 +3,7 @@ using System.Buffers.Binary;
 using System.Net;
 using Microsoft.Extensions.Logging;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Storage;
 
 namespace NbdPowerShell.Engine.Server;
 
@@ -115,6 +116,7 @@ internal sealed class ClientConnection
         var flags = export.FlagsFor(session.StructuredReplies);
         var reader = session.Reader;
         _writer = new ReplyWriter(session.Transport);
+        bool inline = (export.Store.Capabilities & StoreCapabilities.NonBlocking) != 0;
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
@@ -186,7 +188,10 @@ internal sealed class ClientConnection
                 Complete(request);
                 continue;
             }
-            ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
+            if (inline)
+                Execute(request);
+            else
+                ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
         }
     }
 

@@ -54,7 +54,8 @@ public sealed class CopyOnWriteBlockStore : IBlockStore
 
         Capabilities = StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Fua | StoreCapabilities.Trim |
             StoreCapabilities.WriteZeroes | StoreCapabilities.Extents | StoreCapabilities.Cache |
-            StoreCapabilities.MultiConnCoherent | (overlay.Capabilities & StoreCapabilities.FastZero);
+            StoreCapabilities.MultiConnCoherent | (overlay.Capabilities & StoreCapabilities.FastZero) |
+            (baseStore.Capabilities & overlay.Capabilities & StoreCapabilities.NonBlocking);
     }
 
     /// <summary>Keeps changes in memory (sparse: only changed blocks cost memory).</summary>

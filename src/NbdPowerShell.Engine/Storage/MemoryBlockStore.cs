@@ -35,7 +35,7 @@ public sealed class MemoryBlockStore : IBlockStore
     public StoreCapabilities Capabilities =>
         StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Fua | StoreCapabilities.Trim |
         StoreCapabilities.WriteZeroes | StoreCapabilities.FastZero | StoreCapabilities.Extents |
-        StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent;
+        StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent | StoreCapabilities.NonBlocking;
 
     public string Description => "memory";
 

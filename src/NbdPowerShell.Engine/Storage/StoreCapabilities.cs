@@ -20,4 +20,10 @@ public enum StoreCapabilities
     /// <summary>All connections see one coherent view: a flush on one covers writes from all.</summary>
     MultiConnCoherent = 1 << 8,
     Rotational = 1 << 9,
+    /// <summary>
+    /// Calls never wait on I/O (memory). The server then runs requests inline on the connection's
+    /// reader instead of handing each to a worker: for microsecond operations the hand-off, not the
+    /// work, is the cost.
+    /// </summary>
+    NonBlocking = 1 << 10,
 }
