@@ -9,6 +9,9 @@ namespace NbdPowerShell.Engine.Tests.Peers;
 /// <summary>
 /// A peer NBD server (nbdkit, qemu-nbd, nbd-server) started for one test and killed in Dispose.
 /// A missing binary fails the test with a clear message instead of passing silently.
+/// Children are forked from one long-lived thread (<see cref="Launcher"/>): a parent-death signal
+/// (nbdkit --exit-with-parent, and children seen getting SIGTERM when the forking pool thread exited)
+/// follows the *thread* that forked, and thread-pool threads come and go.
 /// </summary>
 public sealed class PeerServer : IDisposable
 {
@@ -56,7 +59,7 @@ public sealed class PeerServer : IDisposable
     {
         int port = FreePort();
         var uri = NbdUri.ForTcp(address, port);
-        return Start("nbdkit", ["--exit-with-parent", "-f", "-p", port.ToString(), "-i", address, .. pluginArgs], uri, []);
+        return Start("nbdkit", ["-v", "-f", "-p", port.ToString(), "-i", address, .. pluginArgs], uri, []);
     }
 
     public static PeerServer NbdkitUnix(params string[] pluginArgs)
@@ -103,9 +106,9 @@ public sealed class PeerServer : IDisposable
     {
         var psi = new ProcessStartInfo(RequireBinary(binary)) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
-        var process = Process.Start(psi)!;
+        var process = Launcher.Start(psi);
         var stderr = new System.Text.StringBuilder();
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) stderr.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) { stderr.AppendLine(e.Data); if (Environment.GetEnvironmentVariable("NBDPS_PEER_LOG") is { } log) File.AppendAllText(log, $"{binary}[{process.Id}]: {e.Data}\n"); } };
         process.OutputDataReceived += (_, _) => { };
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
@@ -116,8 +119,9 @@ public sealed class PeerServer : IDisposable
         {
             if (process.HasExited && (daemonPidFile is null || process.ExitCode != 0))
             {
+                int code = process.ExitCode;
                 server.Dispose();
-                Assert.Fail($"{binary} {string.Join(' ', args)} exited with {process.ExitCode}: {stderr}");
+                Assert.Fail($"{binary} {string.Join(' ', args)} exited with {code}: {stderr}");
             }
             if (clock.Elapsed > TimeSpan.FromSeconds(60))
             {
@@ -147,6 +151,31 @@ public sealed class PeerServer : IDisposable
         catch (SocketException) { return false; }
     }
 
+    /// <summary>Starts processes from one thread that lives as long as the test process.</summary>
+    private static class Launcher
+    {
+        private static readonly System.Collections.Concurrent.BlockingCollection<(ProcessStartInfo Psi, TaskCompletionSource<Process> Done)> Queue = new();
+
+        static Launcher()
+        {
+            new Thread(() =>
+            {
+                foreach (var (psi, done) in Queue.GetConsumingEnumerable())
+                {
+                    try { done.SetResult(Process.Start(psi)!); }
+                    catch (Exception e) { done.SetException(e); }
+                }
+            }) { IsBackground = true, Name = "peer launcher" }.Start();
+        }
+
+        public static Process Start(ProcessStartInfo psi)
+        {
+            var done = new TaskCompletionSource<Process>(TaskCreationOptions.RunContinuationsAsynchronously);
+            Queue.Add((psi, done));
+            return done.Task.GetAwaiter().GetResult();
+        }
+    }
+
     /// <summary>Kills the server now (for tests of a dead server under an attached device).</summary>
     public void Kill()
     {
@@ -156,7 +185,7 @@ public sealed class PeerServer : IDisposable
             catch (ArgumentException) { }
             catch (InvalidOperationException) { }
         }
-        try { if (!_process.HasExited) { _process.Kill(entireProcessTree: true); _process.WaitForExit(10_000); } }
+        try { if (!_process.HasExited) { _process.Kill(); _process.WaitForExit(10_000); } }
         catch (InvalidOperationException) { }
     }
 
