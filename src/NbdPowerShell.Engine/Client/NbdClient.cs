@@ -50,9 +50,12 @@ public static class NbdClient
                 NbdExportInfo? info = null;
                 if (infoWorks)
                 {
-                    try { info = await negotiator.InfoOrGoAsync(NbdOption.Info, name, opts.RequestBlockSize, token).ConfigureAwait(false); }
+                    try
+                    {
+                        info = await negotiator.InfoOrGoAsync(NbdOption.Info, name, opts.RequestBlockSize, token).ConfigureAwait(false);
+                        infoWorks = info is not null; // null = ERR_UNSUP: an old server, don't ask again
+                    }
                     catch (NbdOptionErrorException) { } // listed but not queryable (e.g. TLS-only): keep the LIST data
-                    infoWorks = info is not null || names.Count == 0;
                 }
                 result.Add(info is null
                     ? new NbdExportInfo { Name = name, Description = string.IsNullOrEmpty(listed) ? null : listed }

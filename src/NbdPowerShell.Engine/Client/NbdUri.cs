@@ -185,7 +185,13 @@ public sealed record NbdUri
                 bytes.Add(b);
                 i += 2;
             }
-            else bytes.AddRange(Encoding.UTF8.GetBytes(value[i].ToString()));
+            else
+            {
+                int next = value.IndexOf('%', i);
+                if (next < 0) next = value.Length;
+                bytes.AddRange(Encoding.UTF8.GetBytes(value[i..next])); // whole runs, so surrogate pairs stay together
+                i = next - 1;
+            }
         }
         decoded = Encoding.UTF8.GetString(bytes.ToArray());
         return true;

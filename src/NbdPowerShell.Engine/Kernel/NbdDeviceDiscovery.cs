@@ -78,9 +78,15 @@ public sealed partial class NbdDeviceDiscovery
             if (devDir != dir) holders.AddRange(ListNames(Path.Combine(devDir, "holders")));
         }
 
+        // The driver makes one blk-mq hardware queue per socket, but blk-mq caps queues at the number of
+        // possible CPUs; a count at that cap is only a lower bound, so it is reported as unknown.
         int? connections = null;
         string mq = Path.Combine(dir, "mq");
-        if (connected && Directory.Exists(mq)) connections = Directory.EnumerateDirectories(mq).Count();
+        if (connected && Directory.Exists(mq))
+        {
+            int queues = Directory.EnumerateDirectories(mq).Count();
+            connections = queues > 0 && (PossibleCpus() is not int cpus || queues < cpus) ? queues : null;
+        }
         int? timeout = connected ? (int?)ReadLong(Path.Combine(_sysRoot, "kernel", "debug", "nbd", $"nbd{index}", "timeout")) : null;
 
         NbdUri.TryParse(backend, out var uri);
@@ -103,6 +109,23 @@ public sealed partial class NbdDeviceDiscovery
             Mode = mode,
             IsOwnedByThisProcess = IoctlSession.Find(index) is not null,
         };
+    }
+
+    /// <summary>Count from /sys/devices/system/cpu/possible ("0-3" or "0,2-5"); null when absent.</summary>
+    private int? PossibleCpus()
+    {
+        string? text = ReadText(Path.Combine(_sysRoot, "devices", "system", "cpu", "possible"));
+        if (string.IsNullOrEmpty(text)) return null;
+        int count = 0;
+        foreach (var range in text.Split(',', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var ends = range.Split('-');
+            if (!int.TryParse(ends[0], CultureInfo.InvariantCulture, out int lo)) return null;
+            int hi = lo;
+            if (ends.Length > 1 && !int.TryParse(ends[1], CultureInfo.InvariantCulture, out hi)) return null;
+            count += hi - lo + 1;
+        }
+        return count;
     }
 
     private static IEnumerable<string> ListNames(string dir) =>

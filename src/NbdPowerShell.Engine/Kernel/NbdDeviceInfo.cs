@@ -20,7 +20,7 @@ public sealed record NbdDeviceInfo
     public int? Port => Uri is { IsUnix: false } u ? u.Port : null;
     public string? ExportName => Uri?.ExportName;
     public string? SocketPath => Uri?.SocketPath;
-    /// <summary>Number of sockets (one blk-mq hardware queue each); null when not visible.</summary>
+    /// <summary>Number of sockets (one blk-mq hardware queue each); null when not visible (not connected, or as many as CPUs, where blk-mq caps the count).</summary>
     public int? Connections { get; init; }
     /// <summary>Request timeout from debugfs; null when debugfs is not mounted or not connected.</summary>
     public int? TimeoutSeconds { get; init; }
@@ -28,7 +28,7 @@ public sealed record NbdDeviceInfo
     /// <summary>Holders of the device or its partitions (dm-N, md, ...).</summary>
     public IReadOnlyList<string> Holders { get; init; } = [];
     public IReadOnlyList<string> Partitions { get; init; } = [];
-    /// <summary>/sys/block/nbdN/pid: the DO_IT caller (ioctl) or the netlink caller, which may be long gone.</summary>
+    /// <summary>/sys/block/nbdN/pid: the task (thread id) that called DO_IT (ioctl) or CONNECT (netlink; often long gone).</summary>
     public int? Pid { get; init; }
     /// <summary>Netlink when a backend file exists, Ioctl when only the pid file does; null when not connected.</summary>
     public AttachMode? Mode { get; init; }

@@ -53,6 +53,7 @@ public class NbdUriTests
     [InlineData("exp with space/and/slash?#%")]
     [InlineData("")]
     [InlineData("ünïcödé")]
+    [InlineData("emoji 😀 name")]
     public void Round_trips_any_export_name(string export)
     {
         foreach (var uri in new[] { NbdUri.ForTcp("::1", 10810, export), NbdUri.ForTcp("h", exportName: export), NbdUri.ForUnix("/tmp/x y&z", export) })

@@ -33,6 +33,9 @@ public sealed class NbdDeviceDiscoveryTests : IDisposable
         // Unix-socket backend on nbd4, which netlink says is connected although its caller has exited.
         Device(4, size: 64, ro: 0, bs: 4096, pid: null, backend: "nbd+unix:///e?socket=/run/x.sock", mq: 1);
         Write("block/loop0/size", "0\n");
+        Write("devices/system/cpu/possible", "0-3\n");
+        // nbd5: 4 queues on a 4-CPU machine: maybe more sockets, so unknown.
+        Device(5, size: 64, ro: 0, bs: 4096, pid: 1, backend: "", mq: 4);
         File.WriteAllText(MountInfo,
             "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n" +
             "80 22 43:1 / /mnt/with\\040space rw,relatime shared:40 - ext4 /dev/nbd0p1 rw\n" +
@@ -68,7 +71,7 @@ public sealed class NbdDeviceDiscoveryTests : IDisposable
     public void Lists_only_nbd_devices_in_index_order()
     {
         var devices = Discovery(null).GetDevices();
-        Assert.Equal([0, 1, 2, 3, 4], devices.Select(d => d.Index));
+        Assert.Equal([0, 1, 2, 3, 4, 5], devices.Select(d => d.Index));
         Assert.Equal("/dev/nbd2", devices[2].Device);
     }
 
@@ -140,6 +143,10 @@ public sealed class NbdDeviceDiscoveryTests : IDisposable
         Assert.Null(d.Host);
         Assert.False(Discovery(null).GetDevice(4)!.IsConnected); // without netlink nothing proves liveness
     }
+
+    [Fact]
+    public void Queue_count_at_the_cpu_cap_is_not_reported_as_connections() =>
+        Assert.Null(Discovery(new Dictionary<int, bool> { [5] = true }).GetDevice(5)!.Connections);
 
     [Fact]
     public void Missing_device_is_null() => Assert.Null(Discovery(null).GetDevice(9));
