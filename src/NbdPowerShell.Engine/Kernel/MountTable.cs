@@ -49,7 +49,13 @@ public sealed class MountTable
                 bytes.Add((byte)Convert.ToInt32(value.Substring(i + 1, 3), 8));
                 i += 3;
             }
-            else bytes.AddRange(Encoding.UTF8.GetBytes(value[i].ToString()));
+            else
+            {
+                int next = value.IndexOf('\\', i + 1);
+                if (next < 0) next = value.Length;
+                bytes.AddRange(Encoding.UTF8.GetBytes(value[i..next])); // whole runs keep surrogate pairs together
+                i = next - 1;
+            }
         }
         return Encoding.UTF8.GetString(bytes.ToArray());
     }
