@@ -125,6 +125,18 @@ public class NbdClientPeerTests
     }
 
     [Fact]
+    public async Task Negotiates_on_a_socket_the_caller_connected()
+    {
+        using var server = PeerServer.NbdkitUnix("memory", "2M");
+        var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(server.Uri.SocketPath!));
+        await using var c = await NbdClient.NegotiateAsync(socket, server.Uri);
+        Assert.Same(socket, c.Socket);
+        Assert.Equal(2L << 20, c.Size);
+        await RoundTripAsync(c);
+    }
+
+    [Fact]
     public async Task Detached_socket_leaves_the_connection_unusable()
     {
         using var server = PeerServer.Nbdkit("memory", "1M");

@@ -218,6 +218,27 @@ public class KernelAttachTests
     }
 
     [KernelFact]
+    public async Task Unix_socket_negotiated_by_the_caller_attaches_through_the_socket_api()
+    {
+        // The shape the in-process server uses: the caller connects and negotiates, then hands over raw sockets.
+        using var server = PeerServer.NbdkitUnix("memory", "8M");
+        var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(server.Uri.SocketPath!));
+        var c = await NbdClient.NegotiateAsync(socket, server.Uri, Options);
+        var r = await new KernelAttacher().AttachAsync([c.DetachSocket()], c.Size, c.Flags,
+            new AttachOptions { BackendIdentifier = server.Uri.ToString() });
+        try
+        {
+            var d = Device(r.Index);
+            Assert.Equal(8L << 20, d.Size);
+            Assert.Equal(server.Uri.SocketPath, d.SocketPath);
+            var h = WriteRandom(r.Device, 4L << 20);
+            Assert.Equal(h, HashDevice(r.Device, 4L << 20));
+        }
+        finally { await DisconnectAndVerifyFreeAsync(r.Index); }
+    }
+
+    [KernelFact]
     public async Task Busy_and_missing_devices_are_typed()
     {
         using var server = PeerServer.Nbdkit("memory", "4M");
