@@ -1,0 +1,164 @@
+using System.Net;
+using System.Net.Sockets;
+using NbdPowerShell.Engine.Protocol;
+
+namespace NbdPowerShell.Engine.Client;
+
+/// <summary>
+/// Entry points of the NBD client: connect and negotiate (GO, falling back to EXPORT_NAME), list exports,
+/// query one export. Every call is bounded by <see cref="NbdClientOptions.Timeout"/> and honours cancellation.
+/// </summary>
+public static class NbdClient
+{
+    /// <summary>Connects to the URI's server and enters transmission on its export (simple replies only).</summary>
+    public static Task<NbdNegotiatedConnection> ConnectAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        WithTimeoutAsync(uri, options, ct, async token =>
+        {
+            var socket = await OpenSocketAsync(uri, token).ConfigureAwait(false);
+            try { return await NegotiateCoreAsync(socket, uri, options ?? NbdClientOptions.Default, token).ConfigureAwait(false); }
+            catch { socket.Dispose(); throw; }
+        });
+
+    public static Task<NbdNegotiatedConnection> ConnectAsync(string host, int port, string exportName, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        ConnectAsync(NbdUri.ForTcp(host, port, exportName), options, ct);
+
+    /// <summary>
+    /// Negotiates on an already connected stream socket (e.g. one end of a socketpair served in-process).
+    /// <paramref name="uri"/> only names the peer in messages and records the export; the socket is not reconnected.
+    /// On failure the socket is disposed.
+    /// </summary>
+    public static Task<NbdNegotiatedConnection> NegotiateAsync(Socket socket, NbdUri uri, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        WithTimeoutAsync(uri, options, ct, async token =>
+        {
+            try { return await NegotiateCoreAsync(socket, uri, options ?? NbdClientOptions.Default, token).ConfigureAwait(false); }
+            catch { socket.Dispose(); throw; }
+        });
+
+    /// <summary>LIST, then INFO on each export for size, flags, block sizes and description (like nbdinfo --list).</summary>
+    public static Task<IReadOnlyList<NbdExportInfo>> ListExportsAsync(NbdUri server, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        WithTimeoutAsync(server, options, ct, async token =>
+        {
+            var opts = options ?? NbdClientOptions.Default;
+            using var socket = await OpenSocketAsync(server, token).ConfigureAwait(false);
+            using var stream = new NetworkStream(socket, ownsSocket: false);
+            var negotiator = await NbdNegotiator.StartAsync(stream, Describe(server), token).ConfigureAwait(false);
+            var names = await negotiator.ListAsync(token).ConfigureAwait(false);
+            var result = new List<NbdExportInfo>(names.Count);
+            bool infoWorks = true;
+            foreach (var (name, listed) in names)
+            {
+                NbdExportInfo? info = null;
+                if (infoWorks)
+                {
+                    try { info = await negotiator.InfoOrGoAsync(NbdOption.Info, name, opts.RequestBlockSize, token).ConfigureAwait(false); }
+                    catch (NbdOptionErrorException) { } // listed but not queryable (e.g. TLS-only): keep the LIST data
+                    infoWorks = info is not null || names.Count == 0;
+                }
+                result.Add(info is null
+                    ? new NbdExportInfo { Name = name, Description = string.IsNullOrEmpty(listed) ? null : listed }
+                    : info with { Description = info.Description ?? (string.IsNullOrEmpty(listed) ? null : listed) });
+            }
+            await negotiator.AbortAsync(token).ConfigureAwait(false);
+            return (IReadOnlyList<NbdExportInfo>)result;
+        });
+
+    /// <summary>INFO on the URI's export without entering transmission (falls back to a full connect on old servers).</summary>
+    public static Task<NbdExportInfo> GetExportInfoAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        WithTimeoutAsync(uri, options, ct, async token =>
+        {
+            var opts = options ?? NbdClientOptions.Default;
+            NbdExportInfo? info = null;
+            using (var socket = await OpenSocketAsync(uri, token).ConfigureAwait(false))
+            using (var stream = new NetworkStream(socket, ownsSocket: false))
+            {
+                var negotiator = await NbdNegotiator.StartAsync(stream, Describe(uri), token).ConfigureAwait(false);
+                if (negotiator.FixedNewstyle && !opts.ForceExportName)
+                {
+                    info = await negotiator.InfoOrGoAsync(NbdOption.Info, uri.ExportName, opts.RequestBlockSize, token).ConfigureAwait(false);
+                    await negotiator.AbortAsync(token).ConfigureAwait(false);
+                }
+            }
+            if (info is not null) return info;
+            await using var connection = await ConnectAsync(uri, opts, token).ConfigureAwait(false);
+            return connection.Export;
+        });
+
+    private static async Task<NbdNegotiatedConnection> NegotiateCoreAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct)
+    {
+        var stream = new NetworkStream(socket, ownsSocket: false);
+        string peer = Describe(uri);
+        var negotiator = await NbdNegotiator.StartAsync(stream, peer, ct).ConfigureAwait(false);
+        NbdExportInfo? info = null;
+        if (negotiator.FixedNewstyle && !options.ForceExportName)
+            info = await negotiator.InfoOrGoAsync(NbdOption.Go, uri.ExportName, options.RequestBlockSize, ct).ConfigureAwait(false);
+        bool fallback = info is null;
+        info ??= await negotiator.ExportNameAsync(uri.ExportName, ct).ConfigureAwait(false);
+        if (!info.Flags!.Value.HasFlag(TransmissionFlags.HasFlags))
+            info = info with { Flags = TransmissionFlags.None }; // flags without HAS_FLAGS carry no meaning
+        return new NbdNegotiatedConnection(socket, stream, uri, info, fallback);
+    }
+
+    /// <summary>Opens a TCP (every resolved address in turn) or Unix stream socket; maps failures to typed exceptions.</summary>
+    internal static async Task<Socket> OpenSocketAsync(NbdUri uri, CancellationToken ct)
+    {
+        if (uri.Tls) throw new NotSupportedException($"TLS ({uri.Scheme}://) is not supported by this client.");
+        if (uri.IsUnix)
+        {
+            var unix = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                await unix.ConnectAsync(new UnixDomainSocketEndPoint(uri.SocketPath!), ct).ConfigureAwait(false);
+                return unix;
+            }
+            catch (SocketException e)
+            {
+                unix.Dispose();
+                if (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable || !File.Exists(uri.SocketPath))
+                    throw new NbdConnectionRefusedException($"No NBD server listens on Unix socket '{uri.SocketPath}': {e.Message}", e);
+                throw new NbdConnectionException($"Cannot connect to Unix socket '{uri.SocketPath}': {e.Message}", e);
+            }
+            catch { unix.Dispose(); throw; }
+        }
+
+        IPAddress[] addresses;
+        if (IPAddress.TryParse(uri.Host, out var literal)) addresses = [literal];
+        else
+        {
+            try { addresses = await Dns.GetHostAddressesAsync(uri.Host, ct).ConfigureAwait(false); }
+            catch (SocketException e) { throw new NbdConnectionException($"Cannot resolve host '{uri.Host}': {e.Message}", e); }
+            if (addresses.Length == 0) throw new NbdConnectionException($"Host '{uri.Host}' has no addresses.");
+        }
+        SocketException? last = null;
+        foreach (var address in addresses)
+        {
+            var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                await socket.ConnectAsync(new IPEndPoint(address, uri.Port), ct).ConfigureAwait(false);
+                return socket;
+            }
+            catch (SocketException e) { socket.Dispose(); last = e; }
+            catch { socket.Dispose(); throw; }
+        }
+        string where = $"{FormatHost(uri.Host)}:{uri.Port}";
+        if (last!.SocketErrorCode == SocketError.ConnectionRefused)
+            throw new NbdConnectionRefusedException($"Connection refused by {where}: no NBD server is listening there.", last);
+        throw new NbdConnectionException($"Cannot connect to {where}: {last.Message}", last);
+    }
+
+    private static async Task<T> WithTimeoutAsync<T>(NbdUri uri, NbdClientOptions? options, CancellationToken ct, Func<CancellationToken, Task<T>> body)
+    {
+        var timeout = (options ?? NbdClientOptions.Default).Timeout;
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        if (timeout > TimeSpan.Zero && timeout != Timeout.InfiniteTimeSpan) cts.CancelAfter(timeout);
+        try { return await body(cts.Token).ConfigureAwait(false); }
+        catch (OperationCanceledException e) when (!ct.IsCancellationRequested)
+        {
+            throw new NbdTimeoutException($"Connecting to {Describe(uri)} and negotiating did not finish within {timeout.TotalSeconds:0.#} s.", timeout, e);
+        }
+    }
+
+    private static string FormatHost(string host) => host.Contains(':') ? $"[{host}]" : host;
+
+    internal static string Describe(NbdUri uri) => uri.IsUnix ? $"NBD server at Unix socket '{uri.SocketPath}'" : $"NBD server {FormatHost(uri.Host)}:{uri.Port}";
+}

@@ -1,0 +1,13 @@
+namespace NbdPowerShell.Engine.Kernel;
+
+public sealed record AttachResult
+{
+    public required int Index { get; init; }
+    public string Device => $"/dev/nbd{Index}";
+    public required AttachMode Mode { get; init; }
+    public required long Size { get; init; }
+    public required int BlockSize { get; init; }
+    public required int Connections { get; init; }
+    public required bool IsReadOnly { get; init; }
+    public string? BackendIdentifier { get; init; }
+}
