@@ -64,14 +64,6 @@ internal static partial class Libc
     public const int S_IFBLK = 0x6000;  // 0060000
     public const int S_IFREG = 0x8000;  // 0100000
 
-    /// <summary>struct iovec.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    public unsafe struct IoVec
-    {
-        public void* Base;
-        public nuint Length;
-    }
-
     /// <summary>
     /// struct statx (256 bytes, same layout on every architecture, unlike struct stat).
     /// Only the fields the stores read are named; offsets checked with offsetof().

@@ -309,7 +309,7 @@ public sealed class FileBlockStore : IBlockStore
             while (done < source.Length)
             {
                 Libc.IoVec iov;
-                iov.Base = start + done;
+                iov.Base = (nint)(start + done);
                 iov.Length = (nuint)(source.Length - done);
                 nint n = Libc.PWriteV2(_fd, &iov, 1, offset + done, Libc.RWF_DSYNC);
                 if (n > 0)

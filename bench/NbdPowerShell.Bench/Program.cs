@@ -1,0 +1,77 @@
+using System.Net;
+using NbdPowerShell.Engine.Server;
+using NbdPowerShell.Engine.Storage;
+
+// Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH]
+//          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
+// Prints "READY <port>" once listening, then serves until stdin closes or SIGTERM.
+if (args.Length == 0 || args[0] != "serve")
+{
+    Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    return 2;
+}
+
+int port = 10809;
+var address = IPAddress.Loopback;
+string? unix = null;
+bool readOnly = false;
+var exports = new List<(string Name, Func<IBlockStore> Open)>();
+for (int i = 1; i < args.Length; i++)
+{
+    string Next() => args[++i];
+    switch (args[i])
+    {
+        case "--port": port = int.Parse(Next()); break;
+        case "--address": address = IPAddress.Parse(Next()); break;
+        case "--unix": unix = Next(); break;
+        case "--read-only": readOnly = true; break;
+        case "--memory":
+        {
+            var (name, size) = Split(Next());
+            exports.Add((name, () => new MemoryBlockStore(ParseSize(size))));
+            break;
+        }
+        case "--file":
+        {
+            var (name, path) = Split(Next());
+            exports.Add((name, () => FileBlockStore.Open(path, readOnly)));
+            break;
+        }
+        default:
+            Console.Error.WriteLine($"unknown argument {args[i]}");
+            return 2;
+    }
+}
+
+var server = new NbdServer();
+foreach (var (name, open) in exports)
+    server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
+var bound = server.ListenTcp(new IPEndPoint(address, port));
+if (unix != null)
+    server.ListenUnix(unix);
+Console.WriteLine($"READY {bound.Port}");
+
+var stop = new TaskCompletionSource();
+Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };
+AppDomain.CurrentDomain.ProcessExit += (_, _) => stop.TrySetResult();
+_ = Task.Run(() => { while (Console.In.Read() >= 0) { } stop.TrySetResult(); });
+await stop.Task;
+await server.StopAsync();
+return 0;
+
+static (string, string) Split(string s)
+{
+    int i = s.IndexOf(':');
+    return i < 0 ? ("", s) : (s[..i], s[(i + 1)..]);
+}
+
+static long ParseSize(string s)
+{
+    s = s.Trim().ToUpperInvariant();
+    long mult = 1;
+    if (s.EndsWith('K')) mult = 1L << 10;
+    else if (s.EndsWith('M')) mult = 1L << 20;
+    else if (s.EndsWith('G')) mult = 1L << 30;
+    else if (s.EndsWith('T')) mult = 1L << 40;
+    return long.Parse(mult == 1 ? s : s[..^1]) * mult;
+}
