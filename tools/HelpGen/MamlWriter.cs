@@ -61,7 +61,7 @@ internal static class MamlWriter
         if (p.AcceptedValues.Count > 0 && inSyntax)
         {
             element.Add(new XElement(Command + "parameterValueGroup",
-                p.AcceptedValues.Select(v => new XElement(Command + "parameterValue", new XAttribute("required", "false"), new XAttribute("command:variableLength", "false"), v))));
+                p.AcceptedValues.Select(v => new XElement(Command + "parameterValue", new XAttribute("required", "false"), new XAttribute("variableLength", "false"), v))));
         }
         if (!(inSyntax && p.IsSwitch))
         {

@@ -20,7 +20,7 @@ internal static class Program
             Generate(args[0], args[1], args[2]);
             return 0;
         }
-        catch (Exception e) when (e is FormatException or IOException)
+        catch (Exception e)
         {
             Console.Error.WriteLine($"HelpGen: error: {e.Message}");
             return 1;
