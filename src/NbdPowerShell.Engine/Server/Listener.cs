@@ -31,7 +31,6 @@ internal sealed class Listener : IDisposable
         {
             if (endPoint.AddressFamily == AddressFamily.InterNetworkV6)
                 socket.DualMode = false;
-            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             socket.Bind(endPoint);
             socket.Listen(128);
         }

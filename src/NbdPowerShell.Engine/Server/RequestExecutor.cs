@@ -19,7 +19,7 @@ internal static class RequestExecutor
     public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
         IoCounters exportCounters, IoCounters connectionCounters)
     {
-        bool fua = request.Flags.HasFlag(NbdCommandFlags.Fua);
+        bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
         long offset = (long)request.Offset;
         uint length = request.Length;
         try
@@ -56,8 +56,8 @@ internal static class RequestExecutor
 
                 case NbdCommand.WriteZeroes:
                     if (length > 0)
-                        store.WriteZeroes(offset, length, mayPunch: !request.Flags.HasFlag(NbdCommandFlags.NoHole),
-                            fastOnly: request.Flags.HasFlag(NbdCommandFlags.FastZero), fua);
+                        store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
+                            fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
                     Interlocked.Increment(ref exportCounters.Zeroes);
                     Interlocked.Increment(ref connectionCounters.Zeroes);
                     break;
@@ -82,7 +82,7 @@ internal static class RequestExecutor
         {
             var error = NbdErrors.FromErrno(e.Errno);
             // ENOTSUP is only allowed as the answer to FAST_ZERO.
-            if (error == NbdError.NotSupported && !request.Flags.HasFlag(NbdCommandFlags.FastZero))
+            if (error == NbdError.NotSupported && (request.Flags & NbdCommandFlags.FastZero) == 0)
                 error = NbdError.IO;
             return Fail(request, writer, structured, error, exportCounters, connectionCounters);
         }
@@ -127,8 +127,8 @@ internal static class RequestExecutor
         int length = (int)request.Length;
         var extents = request.Extents;
         extents.Clear();
-        bool holeAware = length > 0 && !request.Flags.HasFlag(NbdCommandFlags.DontFragment) &&
-                         store.Capabilities.HasFlag(StoreCapabilities.Extents);
+        bool holeAware = length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
+                         (store.Capabilities & StoreCapabilities.Extents) != 0;
         if (holeAware)
             store.GetExtents(offset, length, extents, MaxReadExtents);
 
@@ -186,10 +186,10 @@ internal static class RequestExecutor
     {
         long offset = (long)request.Offset;
         long end = offset + request.Length;
-        int max = request.Flags.HasFlag(NbdCommandFlags.ReqOne) ? 1 : MaxStatusExtents;
+        int max = (request.Flags & NbdCommandFlags.ReqOne) != 0 ? 1 : MaxStatusExtents;
         var extents = request.Extents;
         extents.Clear();
-        if (store.Capabilities.HasFlag(StoreCapabilities.Extents))
+        if ((store.Capabilities & StoreCapabilities.Extents) != 0)
         {
             long pos = offset;
             while (pos < end && extents.Count < max)

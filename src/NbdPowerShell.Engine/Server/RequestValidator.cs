@@ -30,19 +30,19 @@ internal static class RequestValidator
 
         if ((flags & ~KnownFlags) != 0)
             return NbdError.Invalid;
-        if (flags.HasFlag(NbdCommandFlags.NoHole) && command != NbdCommand.WriteZeroes)
+        if ((flags & NbdCommandFlags.NoHole) != 0 && command != NbdCommand.WriteZeroes)
             return NbdError.Invalid;
-        if (flags.HasFlag(NbdCommandFlags.FastZero) &&
-            (command != NbdCommand.WriteZeroes || !exportFlags.HasFlag(TransmissionFlags.SendFastZero)))
+        if ((flags & NbdCommandFlags.FastZero) != 0 &&
+            (command != NbdCommand.WriteZeroes || (exportFlags & TransmissionFlags.SendFastZero) == 0))
             return NbdError.Invalid;
-        if (flags.HasFlag(NbdCommandFlags.DontFragment) && (command != NbdCommand.Read || !structuredReplies))
+        if ((flags & NbdCommandFlags.DontFragment) != 0 && (command != NbdCommand.Read || !structuredReplies))
             return NbdError.Invalid;
-        if (flags.HasFlag(NbdCommandFlags.ReqOne) && command != NbdCommand.BlockStatus)
+        if ((flags & NbdCommandFlags.ReqOne) != 0 && command != NbdCommand.BlockStatus)
             return NbdError.Invalid;
-        if (flags.HasFlag(NbdCommandFlags.Fua) && !exportFlags.HasFlag(TransmissionFlags.SendFua))
+        if ((flags & NbdCommandFlags.Fua) != 0 && (exportFlags & TransmissionFlags.SendFua) == 0)
             return NbdError.Invalid;
 
-        bool readOnly = exportFlags.HasFlag(TransmissionFlags.ReadOnly);
+        bool readOnly = (exportFlags & TransmissionFlags.ReadOnly) != 0;
         switch (command)
         {
             case NbdCommand.Write:
@@ -55,9 +55,9 @@ internal static class RequestValidator
 
         switch (command)
         {
-            case NbdCommand.Flush when !exportFlags.HasFlag(TransmissionFlags.SendFlush):
-            case NbdCommand.Trim when !exportFlags.HasFlag(TransmissionFlags.SendTrim):
-            case NbdCommand.WriteZeroes when !exportFlags.HasFlag(TransmissionFlags.SendWriteZeroes):
+            case NbdCommand.Flush when (exportFlags & TransmissionFlags.SendFlush) == 0:
+            case NbdCommand.Trim when (exportFlags & TransmissionFlags.SendTrim) == 0:
+            case NbdCommand.WriteZeroes when (exportFlags & TransmissionFlags.SendWriteZeroes) == 0:
             case NbdCommand.BlockStatus when !structuredReplies || !hasMetaContext:
                 return NbdError.Invalid;
             case NbdCommand.Flush when offset != 0 || length != 0:

@@ -52,8 +52,9 @@ public sealed class FileBlockStore : IBlockStore
         if (!readOnly)
         {
             caps |= StoreCapabilities.Write | StoreCapabilities.Trim | StoreCapabilities.WriteZeroes;
-            bool fast = isBlockDevice ? hardwareZeroes : ProbePunchHole();
-            if (fast)
+            // Files: nearly every Linux file system can punch or zero ranges, and probing would
+            // change the file's mtime just by opening it; where it cannot, fast zeroes get ENOTSUP.
+            if (!isBlockDevice || hardwareZeroes)
                 caps |= StoreCapabilities.FastZero;
         }
         Capabilities = caps;
@@ -186,7 +187,7 @@ public sealed class FileBlockStore : IBlockStore
     public void Write(long offset, ReadOnlySpan<byte> source, bool fua)
     {
         ThrowIfReadOnly();
-        if (fua && _pwritev2Works && TryWriteDsync(offset, source))
+        if (fua && _pwritev2Works && TryWriteDsyncOrDisable(offset, source))
             return;
         WriteAll(offset, source);
         if (fua)
@@ -220,12 +221,13 @@ public sealed class FileBlockStore : IBlockStore
     public void WriteZeroes(long offset, long length, bool mayPunch, bool fastOnly, bool fua)
     {
         ThrowIfReadOnly();
-        if (length <= 0)
-            return;
-        if (_isBlockDevice)
-            ZeroBlockDevice(offset, length, mayPunch, fastOnly);
-        else
-            ZeroFile(offset, length, mayPunch, fastOnly);
+        if (length > 0)
+        {
+            if (_isBlockDevice)
+                ZeroBlockDevice(offset, length, mayPunch, fastOnly);
+            else
+                ZeroFile(offset, length, mayPunch, fastOnly);
+        }
         if (fua)
             Flush();
     }
@@ -299,6 +301,19 @@ public sealed class FileBlockStore : IBlockStore
     {
         if (_readOnly)
             throw new StorageException(Libc.EROFS, $"{Description} is open read-only.");
+    }
+
+    private bool TryWriteDsyncOrDisable(long offset, ReadOnlySpan<byte> source)
+    {
+        try
+        {
+            return TryWriteDsync(offset, source);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            _pwritev2Works = false; // A C library without pwritev2 (glibc < 2.26, older musl).
+            return false;
+        }
     }
 
     private unsafe bool TryWriteDsync(long offset, ReadOnlySpan<byte> source)
@@ -479,15 +494,6 @@ public sealed class FileBlockStore : IBlockStore
         if (Libc.LSeek(_fd, 0, Libc.SEEK_DATA) >= 0)
             return true;
         return Libc.LastErrno == Libc.ENXIO; // ENXIO: no data at all, which still means it works.
-    }
-
-    /// <summary>Punching at end of file with KEEP_SIZE changes nothing but tells whether the file system can.</summary>
-    private bool ProbePunchHole()
-    {
-        if (Libc.FAllocate(_fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, Size, 1) == 0)
-            return true;
-        _punchWorks = false;
-        return false;
     }
 
     private static FileBlockStore OpenBlockDevice(SafeFileHandle handle, string fullPath, bool readOnly, uint major, uint minor)

@@ -26,9 +26,22 @@ public sealed class FileBlockStoreTests : IDisposable
         Assert.Equal("file:" + path, store.Description);
         Assert.False(store.IsBlockDevice);
         var required = StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Fua | StoreCapabilities.Trim |
-            StoreCapabilities.WriteZeroes | StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent;
+            StoreCapabilities.WriteZeroes | StoreCapabilities.FastZero | StoreCapabilities.Cache | StoreCapabilities.MultiConnCoherent;
         Assert.Equal(required, store.Capabilities & required);
         Assert.False(store.Capabilities.HasFlag(StoreCapabilities.Rotational));
+    }
+
+    [Fact]
+    public void Opening_read_write_does_not_touch_the_file()
+    {
+        string path = _dir.SparseFile("disk.img", MiB);
+        var stamp = new DateTime(2020, 1, 2, 3, 4, 5, DateTimeKind.Utc);
+        File.SetLastWriteTimeUtc(path, stamp);
+
+        using (var store = FileBlockStore.Open(path, readOnly: false))
+            store.Read(0, new byte[4096]);
+
+        Assert.Equal(stamp, File.GetLastWriteTimeUtc(path));
     }
 
     [Fact]
@@ -57,6 +70,25 @@ public sealed class FileBlockStoreTests : IDisposable
             Assert.Equal(model.AsSpan(4000, piece.Length).ToArray(), piece);
         }
         Assert.Equal(model, File.ReadAllBytes(path));
+    }
+
+    [Fact]
+    public void Reads_and_writes_do_not_allocate()
+    {
+        string path = _dir.SparseFile("disk.img", MiB);
+        using var store = FileBlockStore.Open(path, readOnly: false);
+        var buffer = new byte[4096];
+        store.Write(0, buffer, fua: true); // Warm up both write paths and the marshalling stubs.
+        store.Write(0, buffer, fua: false);
+        store.Read(0, buffer);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 200; i++)
+        {
+            store.Write(i * 4096L, buffer, fua: i % 50 == 0);
+            store.Read(i * 4096L + 7, buffer);
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
     [Fact]
@@ -206,11 +238,11 @@ public sealed class FileBlockStoreTests : IDisposable
         var back = new byte[3];
         store.Read(5 * MiB + 3, back);
         Assert.Equal(new byte[] { 1, 2, 3 }, back);
-        Assert.NotEmpty(OpenDescriptorsUnder(_dir.Path));
+        Assert.NotEmpty(ScratchDirectory.OpenDescriptorsUnder(_dir.Path));
 
         store.Dispose();
 
-        Assert.Empty(OpenDescriptorsUnder(_dir.Path));
+        Assert.Empty(ScratchDirectory.OpenDescriptorsUnder(_dir.Path));
         Assert.Empty(Directory.EnumerateFileSystemEntries(_dir.Path));
     }
 
@@ -239,22 +271,76 @@ public sealed class FileBlockStoreTests : IDisposable
         }
     }
 
-    /// <summary>Descriptors of this process whose target lies in <paramref name="directory"/> (deleted or not).</summary>
-    private static List<string> OpenDescriptorsUnder(string directory)
+    /// <summary>
+    /// Needs root and a free loop device, so it belongs to the kernel suite (tools/test.sh runs
+    /// it with NBD_KERNEL_TESTS=1 as root).
+    /// </summary>
+    [Fact]
+    [Trait("Category", "Kernel")]
+    public void Loop_block_device_reads_writes_zeroes_and_trims()
     {
-        var found = new List<string>();
-        foreach (string fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        if (Environment.GetEnvironmentVariable("NBD_KERNEL_TESTS") != "1" || Environment.UserName != "root")
         {
-            try
-            {
-                string? target = new FileInfo(fd).LinkTarget;
-                if (target is not null && target.StartsWith(directory + "/", StringComparison.Ordinal))
-                    found.Add(target);
-            }
-            catch (IOException)
-            {
-            }
+            _output.WriteLine("SKIPPED: needs root and NBD_KERNEL_TESTS=1 to attach a loop device");
+            return;
         }
-        return found;
+        const int size = 8 * MiB;
+        string backing = _dir.File("loop.img");
+        File.WriteAllBytes(backing, Enumerable.Repeat((byte)0x77, size).ToArray());
+        string device = RunTool("losetup", $"--find --show {backing}");
+        try
+        {
+            using (var store = FileBlockStore.Open(device, readOnly: false))
+            {
+                Assert.True(store.IsBlockDevice);
+                Assert.Equal(size, store.Size);
+                Assert.Equal("device:" + device, store.Description);
+                Assert.Equal(512, store.LogicalSectorSize);
+                Assert.False(store.Capabilities.HasFlag(StoreCapabilities.Extents));
+                _output.WriteLine($"{device}: {store.Capabilities}");
+
+                var data = Enumerable.Range(0, 3000).Select(i => (byte)i).ToArray();
+                store.Write(1001, data, fua: true);
+                store.WriteZeroes(10_000, 100_000, mayPunch: true, fastOnly: false, fua: false);
+                store.WriteZeroes(200_001, 50_000, mayPunch: false, fastOnly: false, fua: true);
+                store.Trim(MiB, MiB, fua: false);
+                store.Flush();
+
+                var all = new byte[size];
+                store.Read(0, all);
+                Assert.Equal(data, all.AsSpan(1001, 3000).ToArray());
+                Assert.Equal(0x77, all[1000]);
+                Assert.Equal(0x77, all[4001]);
+                Assert.All(all.AsSpan(10_000, 100_000).ToArray(), b => Assert.Equal(0, b));
+                Assert.Equal(0x77, all[110_000]);
+                Assert.All(all.AsSpan(200_001, 50_000).ToArray(), b => Assert.Equal(0, b));
+                Assert.Equal(0x77, all[200_000]);
+                Assert.Equal(0x77, all[250_001]);
+
+                var extents = new List<Extent>();
+                store.GetExtents(0, size, extents, 10);
+                Assert.Equal(new[] { new Extent(size, ExtentFlags.Data) }, extents);
+            }
+            using var readOnly = FileBlockStore.Open(device, readOnly: true);
+            Assert.Throws<StorageException>(() => readOnly.Write(0, new byte[512], fua: false));
+        }
+        finally
+        {
+            RunTool("losetup", $"-d {device}");
+        }
+    }
+
+    private static string RunTool(string tool, string arguments)
+    {
+        using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(tool, arguments)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        })!;
+        string stdout = process.StandardOutput.ReadToEnd();
+        string stderr = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, $"{tool} {arguments} failed: {stderr}");
+        return stdout.Trim();
     }
 }

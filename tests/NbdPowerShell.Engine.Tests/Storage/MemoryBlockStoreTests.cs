@@ -137,21 +137,34 @@ public class MemoryBlockStoreTests
     [Fact]
     public void Concurrent_writers_in_one_chunk_lose_nothing()
     {
-        for (int round = 0; round < 20; round++)
+        const int chunks = 256, piece = 512, threads = 4;
+        using var store = new MemoryBlockStore(chunks * Chunk);
+        // Every thread writes its share of the 512-byte pieces of each chunk in turn, so all
+        // threads reach each chunk's first write (its allocation) together.
+        using var start = new Barrier(threads);
+        var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
         {
-            using var store = new MemoryBlockStore(4 * Chunk);
-            const int piece = 512;
-            long baseOffset = Chunk; // All pieces in chunk 1, which starts unallocated.
-            Parallel.For(0, Chunk / piece, new ParallelOptions { MaxDegreeOfParallelism = 8 }, i =>
+            var data = new byte[piece];
+            start.SignalAndWait();
+            for (int c = 0; c < chunks; c++)
             {
-                var data = new byte[piece];
-                Array.Fill(data, (byte)(i % 251 + 1));
-                store.Write(baseOffset + (long)i * piece, data, fua: false);
-            });
-            var all = new byte[Chunk];
-            store.Read(baseOffset, all);
-            for (int i = 0; i < Chunk; i++)
-                Assert.Equal((byte)(i / piece % 251 + 1), all[i]);
+                for (int p = t; p < Chunk / piece; p += threads)
+                {
+                    Array.Fill(data, (byte)(p + 1));
+                    store.Write((long)c * Chunk + p * piece, data, fua: false);
+                }
+            }
+        })).ToList();
+        workers.ForEach(w => w.Start());
+        workers.ForEach(w => w.Join());
+
+        var all = new byte[chunks * Chunk];
+        store.Read(0, all);
+        for (int i = 0; i < all.Length; i++)
+        {
+            byte expected = (byte)(i % Chunk / piece + 1);
+            if (all[i] != expected)
+                Assert.Fail($"byte {i} is {all[i]}, expected {expected}");
         }
     }
 

@@ -22,6 +22,25 @@ internal sealed class ScratchDirectory : IDisposable
         return path;
     }
 
+    /// <summary>Targets of this process's descriptors that lie in <paramref name="directory"/>, deleted or not.</summary>
+    public static List<string> OpenDescriptorsUnder(string directory)
+    {
+        var found = new List<string>();
+        foreach (string fd in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            try
+            {
+                string? target = new FileInfo(fd).LinkTarget;
+                if (target is not null && target.StartsWith(directory + "/", StringComparison.Ordinal))
+                    found.Add(target);
+            }
+            catch (IOException)
+            {
+            }
+        }
+        return found;
+    }
+
     public void Dispose()
     {
         try
