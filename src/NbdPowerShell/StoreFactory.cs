@@ -7,5 +7,5 @@ internal static class StoreFactory
 {
     /// <summary>-CopyOnWrite: writes go to an overlay in memory; the base is opened read-only and never modified.</summary>
     public static IBlockStore CopyOnWrite(IBlockStore baseStore) =>
-        throw new NotSupportedException("-CopyOnWrite needs the copy-on-write store, which this build does not have yet.");
+        CopyOnWriteBlockStore.WithMemoryOverlay(baseStore, ownsBase: true);
 }
