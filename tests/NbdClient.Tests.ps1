@@ -36,11 +36,11 @@ Describe 'Find-NbdExport' -Skip:(-not $IsLinux) {
         $listener.Start()
         $accept = $listener.AcceptTcpClientAsync()
         try {
-            $job = Start-ThreadJob -ScriptBlock { param($t) $c = $t.GetAwaiter().GetResult(); $s = $c.GetStream(); $b = [Text.Encoding]::ASCII.GetBytes("SSH-2.0-OpenSSH_9.2`r`n" + ('x' * 200)); $s.Write($b, 0, $b.Length); Start-Sleep 2; $c.Close() } -ArgumentList $accept
+            $job = Start-BackgroundRunspace -ScriptBlock { param($t) $c = $t.GetAwaiter().GetResult(); $s = $c.GetStream(); $b = [Text.Encoding]::ASCII.GetBytes("SSH-2.0-OpenSSH_9.2`r`n" + ('x' * 200)); $s.Write($b, 0, $b.Length); Start-Sleep 2; $c.Close() } -ArgumentList $accept
             { Find-NbdExport -ComputerName 127.0.0.1 -Port $listener.LocalEndpoint.Port -Timeout 10 -ErrorAction Stop } |
                 Should -Throw -ErrorId 'NbdHandshakeFailed,NbdPowerShell.Commands.FindNbdExportCommand'
         }
-        finally { $listener.Stop(); $job | Wait-Job -Timeout 10 | Remove-Job -Force }
+        finally { $listener.Stop(); Stop-BackgroundRunspace $job }
     }
 }
 

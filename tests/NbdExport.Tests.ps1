@@ -170,7 +170,7 @@ Describe 'Wait-NbdExport' {
 
     It 'returns once another runspace stops the export' {
         $null = Start-NbdExport -Memory -Size 1MB -Name waited -Port 0
-        $job = Start-ThreadJob -ScriptBlock {
+        $job = Start-BackgroundRunspace -ScriptBlock {
             param($ModulePath)
             Import-Module $ModulePath
             Start-Sleep -Milliseconds 500
@@ -180,7 +180,7 @@ Describe 'Wait-NbdExport' {
             $stopped = Wait-NbdExport -Name waited -Timeout 30 -PassThru -ErrorAction Stop
             $stopped.State | Should -Be 'Stopped'
         }
-        finally { $job | Wait-Job -Timeout 30 | Remove-Job -Force }
+        finally { Stop-BackgroundRunspace $job }
     }
 
     It 'writes NbdTimeout when the exports outlive -Timeout' {

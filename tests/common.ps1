@@ -33,3 +33,18 @@ function global:Connect-RawNbdClient([int]$Port, [string]$Name) {
 function global:Stop-AllTestExports {
     Get-NbdExport | Stop-NbdExport -Force -Confirm:$false -ErrorAction SilentlyContinue
 }
+
+# Runs a script block in another runspace of this process (like Start-ThreadJob, which a source-built pwsh
+# may lack). Returns the PowerShell instance; call .EndInvoke($handle) or .Dispose() on it when done.
+function global:Start-BackgroundRunspace([scriptblock]$ScriptBlock, [object[]]$ArgumentList) {
+    $ps = [powershell]::Create()
+    $null = $ps.AddScript($ScriptBlock.ToString())
+    foreach ($a in $ArgumentList) { $null = $ps.AddArgument($a) }
+    [pscustomobject]@{ PowerShell = $ps; Handle = $ps.BeginInvoke() }
+}
+
+function global:Stop-BackgroundRunspace($Background) {
+    if (-not $Background) { return }
+    $null = $Background.Handle.AsyncWaitHandle.WaitOne(30000)
+    $Background.PowerShell.Dispose()
+}

@@ -63,6 +63,8 @@ public sealed class ModuleLifetime : IModuleAssemblyInitializer, IModuleAssembly
     private static void OnUnobservedTaskException(object? sender, UnobservedTaskExceptionEventArgs e)
     {
         e.SetObserved();
+        if (e.Exception.InnerExceptions.All(x => x is OperationCanceledException))
+            return;
         EngineLog.Default.Enqueue(LogLevel.Warning, "A background NBD task failed: " + e.Exception.GetBaseException().Message);
     }
 }
