@@ -5,20 +5,9 @@ namespace NbdPowerShell.Engine.Interop;
 /// <summary>libc calls used to attach block devices: open/ioctl on /dev/nbdN, identity checks, fd flags.</summary>
 internal static partial class Libc
 {
-    public const int EPERM = 1;
-    public const int ENOENT = 2;
-    public const int EIO = 5;
-    public const int EBADF = 9;
-    public const int EACCES = 13;
     public const int EBUSY = 16;
-    public const int ENODEV = 19;
-    public const int EINVAL = 22;
     public const int ENOSPC = 28;
-    public const int EROFS = 30;
 
-    public const int O_RDONLY = 0;
-    public const int O_RDWR = 2;
-    public const int O_CLOEXEC = 0x80000;
 
     public const int F_GETFL = 3;
     public const int F_SETFL = 4;

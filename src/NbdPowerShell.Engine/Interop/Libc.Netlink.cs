@@ -21,14 +21,6 @@ internal static partial class Libc
         public uint Groups;
     }
 
-    [StructLayout(LayoutKind.Sequential)]
-    public struct PollFd
-    {
-        public int Fd;
-        public short Events;
-        public short REvents;
-    }
-
     [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]
     public static partial int Socket(int domain, int type, int protocol);
 

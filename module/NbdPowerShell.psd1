@@ -1,0 +1,34 @@
+@{
+    RootModule             = 'NbdPowerShell.psm1'
+    NestedModules          = @('NbdPowerShell.dll')
+    ModuleVersion          = '0.1.0'
+    CompatiblePSEditions   = @('Core')
+    GUID                   = '6f2b8f0e-8d1c-4a53-9a57-0c6f1b7e4d21'
+    Author                 = 'NbdPowerShell contributors'
+    CompanyName            = 'NbdPowerShell contributors'
+    Copyright              = 'Copyright (c) 2026 NbdPowerShell contributors'
+    Description            = 'Serve and attach Network Block Devices (NBD) from PowerShell on Linux: an in-process NBD server (files, block devices, memory, copy-on-write) and kernel attach of local or remote exports as /dev/nbdN.'
+    PowerShellVersion      = '7.4'
+    FormatsToProcess       = @('NbdPowerShell.Format.ps1xml')
+    FunctionsToExport      = @()
+    CmdletsToExport        = @(
+        'Start-NbdExport'
+        'Get-NbdExport'
+        'Stop-NbdExport'
+        'Wait-NbdExport'
+        'Find-NbdExport'
+        'Connect-NbdDevice'
+        'Get-NbdSession'
+        'Disconnect-NbdDevice'
+        'Get-NbdDevice'
+    )
+    VariablesToExport      = @()
+    AliasesToExport        = @()
+    PrivateData            = @{
+        PSData = @{
+            Tags         = @('NBD', 'Linux', 'Storage', 'BlockDevice', 'PSEdition_Core')
+            LicenseUri   = 'https://opensource.org/licenses/MIT'
+            ReleaseNotes = 'First release: Start/Get/Stop/Wait/Find-NbdExport, Connect/Disconnect-NbdDevice, Get-NbdSession, Get-NbdDevice.'
+        }
+    }
+}

@@ -1,0 +1,81 @@
+using System.Management.Automation;
+using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Protocol;
+
+namespace NbdPowerShell.Commands;
+
+/// <summary>Lists a server's exports with size, description and flags (like nbd-client -l and nbdinfo --list).</summary>
+[Cmdlet(VerbsCommon.Find, "NbdExport", DefaultParameterSetName = ComputerNameSet)]
+[OutputType(typeof(NbdRemoteExport))]
+public sealed class FindNbdExportCommand : NbdCmdlet
+{
+    private const string ComputerNameSet = "ComputerName";
+    private const string SocketPathSet = "SocketPath";
+
+    [Parameter(ParameterSetName = ComputerNameSet, Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
+    [Alias("Server", "CN")]
+    [ValidateNotNullOrEmpty]
+    public string ComputerName { get; set; } = "";
+
+    [Parameter(ParameterSetName = ComputerNameSet, Position = 1, ValueFromPipelineByPropertyName = true)]
+    [ValidateRange(1, 65535)]
+    public int Port { get; set; } = NbdLimits.DefaultPort;
+
+    [Parameter(ParameterSetName = SocketPathSet, Mandatory = true, ValueFromPipelineByPropertyName = true)]
+    [ValidateNotNullOrEmpty]
+    public string SocketPath { get; set; } = "";
+
+    /// <summary>Seconds to connect and list before failing with NbdTimeout.</summary>
+    [Parameter]
+    [ValidateRange(1, 3600)]
+    public int Timeout { get; set; } = 30;
+
+    protected override void BeginProcessing()
+    {
+        RequireLinux();
+        base.BeginProcessing();
+    }
+
+    protected override void ProcessRecord()
+    {
+        NbdUri server = ParameterSetName == SocketPathSet
+            ? NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath))
+            : NbdUri.ForTcp(ComputerName, Port);
+        var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout) };
+        TryRun(() =>
+        {
+            var exports = Wait(NbdClient.ListExportsAsync(server, options, CancelToken), "Find-NbdExport", $"Listing the exports of {Describe(server)}");
+            foreach (var e in exports)
+                WriteObject(ToRemote(server, e));
+        }, Describe(server));
+    }
+
+    private static string Describe(NbdUri server) => server.IsUnix ? server.SocketPath! : $"{server.Host}:{server.Port}";
+
+    internal static NbdRemoteExport ToRemote(NbdUri server, NbdExportInfo e)
+    {
+        var flags = e.Flags ?? TransmissionFlags.None;
+        return new NbdRemoteExport
+        {
+            ComputerName = server.IsUnix ? null : server.Host,
+            Port = server.IsUnix ? 0 : server.Port,
+            SocketPath = server.SocketPath,
+            Name = e.Name,
+            Description = e.Description,
+            Size = e.Size,
+            IsReadOnly = e.IsReadOnly,
+            CanMultiConnection = e.CanMultiConn,
+            CanFlush = flags.HasFlag(TransmissionFlags.SendFlush),
+            CanTrim = flags.HasFlag(TransmissionFlags.SendTrim),
+            CanWriteZeroes = flags.HasFlag(TransmissionFlags.SendWriteZeroes),
+            CanFastZero = flags.HasFlag(TransmissionFlags.SendFastZero),
+            CanCache = flags.HasFlag(TransmissionFlags.SendCache),
+            IsRotational = flags.HasFlag(TransmissionFlags.Rotational),
+            Flags = e.Flags?.ToString() ?? "",
+            MinimumBlockSize = e.MinimumBlockSize,
+            PreferredBlockSize = e.PreferredBlockSize,
+            MaximumBlockSize = e.MaximumBlockSize,
+            Uri = server.WithExportName(e.Name).ToString(),
+        };
+    }
+}

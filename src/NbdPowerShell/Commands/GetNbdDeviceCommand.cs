@@ -1,0 +1,47 @@
+using System.Management.Automation;
+using NbdPowerShell.Completers;
+using NbdPowerShell.Engine.Kernel;
+
+namespace NbdPowerShell.Commands;
+
+/// <summary>Lists every nbd device node with its state (Free or Connected), so admins see what capacity is left.</summary>
+[Cmdlet(VerbsCommon.Get, "NbdDevice")]
+[OutputType(typeof(NbdDevice))]
+public sealed class GetNbdDeviceCommand : NbdCmdlet
+{
+    [Parameter(Position = 0, ValueFromPipelineByPropertyName = true)]
+    [Alias("Path")]
+    [SupportsWildcards]
+    [ArgumentCompleter(typeof(DeviceCompleter))]
+    [ValidateNotNullOrEmpty]
+    public string[]? Device { get; set; }
+
+    /// <summary>Only free devices (what Connect-NbdDevice without -Device would pick from).</summary>
+    [Parameter]
+    public SwitchParameter Free { get; set; }
+
+    protected override void BeginProcessing()
+    {
+        RequireLinux();
+        base.BeginProcessing();
+    }
+
+    protected override void ProcessRecord()
+    {
+        IReadOnlyList<NbdDeviceInfo> devices;
+        try
+        {
+            devices = NbdDeviceDiscovery.System().GetDevices();
+        }
+        catch (Exception e) when (IsExpected(e))
+        {
+            WriteNbdError(e, null);
+            return;
+        }
+        if (devices.Count == 0 && !Directory.Exists("/sys/module/nbd"))
+            WriteWarning("The nbd kernel module is not loaded, so there are no nbd devices; load it as root with: modprobe nbd");
+        var candidates = Free ? devices.Where(d => !d.IsConnected).ToList() : devices;
+        foreach (var info in DeviceSelection.Select(this, candidates, devices, Device, null, Free ? "free" : "an nbd device"))
+            WriteObject(SessionMapper.ToDevice(info));
+    }
+}

@@ -1,0 +1,67 @@
+using System.Management.Automation;
+
+namespace NbdPowerShell;
+
+/// <summary>Turns exceptions into ErrorRecords with the catalogue id, its category and what the admin can do.</summary>
+internal static class ErrorRecords
+{
+    public static ErrorCategory CategoryOf(string errorId) => errorId switch
+    {
+        ErrorIds.ExportNotFound or ErrorIds.DeviceNotFound or ErrorIds.ExportNameUnknown or ErrorIds.PathNotFound => ErrorCategory.ObjectNotFound,
+        ErrorIds.ExportAlreadyExists => ErrorCategory.ResourceExists,
+        ErrorIds.AddressInUse => ErrorCategory.ResourceUnavailable,
+        ErrorIds.DeviceBusy or ErrorIds.DeviceMounted or ErrorIds.ExportBusy => ErrorCategory.ResourceBusy,
+        ErrorIds.PermissionDenied => ErrorCategory.PermissionDenied,
+        ErrorIds.KernelModuleMissing => ErrorCategory.NotInstalled,
+        ErrorIds.PlatformNotSupported => ErrorCategory.NotImplemented,
+        ErrorIds.HandshakeFailed => ErrorCategory.ProtocolError,
+        ErrorIds.ConnectionFailed => ErrorCategory.ConnectionError,
+        ErrorIds.Timeout => ErrorCategory.OperationTimeout,
+        ErrorIds.TlsRequired => ErrorCategory.SecurityError,
+        ErrorIds.MultiConnNotSupported or ErrorIds.InvalidArgument => ErrorCategory.InvalidArgument,
+        ErrorIds.StorageError => ErrorCategory.OpenError,
+        ErrorIds.KernelError => ErrorCategory.DeviceError,
+        _ => ErrorCategory.NotSpecified,
+    };
+
+    public static string? RecommendedActionOf(string errorId) => errorId switch
+    {
+        ErrorIds.ExportNotFound => "Run Get-NbdExport to see the exports this PowerShell process serves.",
+        ErrorIds.ExportAlreadyExists => "Choose another -Name, or stop the existing export with Stop-NbdExport.",
+        ErrorIds.ExportBusy => "Disconnect the clients first (Disconnect-NbdDevice on their machines) or use -Force to drop them.",
+        ErrorIds.AddressInUse => "Another program listens there: pick another -Port (0 chooses a free one) or stop that program.",
+        ErrorIds.DeviceNotFound => "Run Get-NbdDevice to list the nbd devices; load more with: modprobe nbd nbds_max=32.",
+        ErrorIds.DeviceBusy => "Pick another -Device or omit it to let the kernel choose a free one; Get-NbdSession shows what is attached.",
+        ErrorIds.DeviceMounted => "Unmount the device (umount) first, or use -Force to disconnect anyway (pending writes fail).",
+        ErrorIds.PermissionDenied => "Run PowerShell as root (sudo pwsh), or check the file permissions.",
+        ErrorIds.KernelModuleMissing => "Load the kernel module as root: modprobe nbd (in a container: on the host, with --privileged).",
+        ErrorIds.PlatformNotSupported => "Attaching and listing NBD devices needs Linux; serving exports works everywhere.",
+        ErrorIds.HandshakeFailed => "Check that the address is an NBD server speaking fixed-newstyle negotiation and that it allows this client.",
+        ErrorIds.ExportNameUnknown => "Run Find-NbdExport to list the server's exports and pass one of them as -ExportName.",
+        ErrorIds.ConnectionFailed => "Check -ComputerName and -Port (default 10809), the server and the firewall.",
+        ErrorIds.Timeout => "The server did not answer in time: check it is reachable, or raise -Timeout.",
+        ErrorIds.TlsRequired => "The server only accepts TLS, which this module does not support; serve the export without TLS.",
+        ErrorIds.MultiConnNotSupported => "Use -Connections 1: the export does not allow several connections.",
+        ErrorIds.PathNotFound => "Check the -Path: it must name an existing file or block device.",
+        _ => null,
+    };
+
+    public static ErrorRecord From(Exception exception, object? target)
+    {
+        if (exception is AggregateException { InnerExceptions.Count: 1 } aggregate)
+            exception = aggregate.InnerExceptions[0];
+        string id = ErrorIds.Classify(exception) ?? ErrorIds.KernelError;
+        return Create(exception, id, target);
+    }
+
+    public static ErrorRecord Create(Exception exception, string errorId, object? target)
+    {
+        var record = new ErrorRecord(exception, errorId, CategoryOf(errorId), target);
+        if (RecommendedActionOf(errorId) is { } action)
+            record.ErrorDetails = new ErrorDetails(exception.Message) { RecommendedAction = action };
+        return record;
+    }
+
+    public static ErrorRecord Create(string errorId, string message, object? target) =>
+        Create(new NbdModuleException(errorId, message), errorId, target);
+}

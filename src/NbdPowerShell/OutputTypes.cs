@@ -1,0 +1,107 @@
+namespace NbdPowerShell;
+
+// The objects the cmdlets emit. Property names equal the parameter names of the cmdlets that take them
+// (Name, Device, Index, ComputerName, Port, ExportName, SocketPath), so piping binds by property name,
+// also for deserialized copies from jobs and remoting. Booleans carry the Is* prefix.
+
+/// <summary>An export served by this PowerShell process (Start-NbdExport, Get-NbdExport).</summary>
+public sealed class NbdExport
+{
+    public string Name { get; init; } = "";
+    public string Description { get; init; } = "";
+    /// <summary>The file or block device served; null for memory exports.</summary>
+    public string? Path { get; init; }
+    /// <summary>What the engine serves, e.g. "file:/srv/disk.img", "memory", "cow:file:/srv/base.img".</summary>
+    public string Backend { get; init; } = "";
+    public long Size { get; init; }
+    public bool IsReadOnly { get; init; }
+    public bool IsCopyOnWrite { get; init; }
+    /// <summary>Listening address; null for Unix-socket exports.</summary>
+    public string? ListenAddress { get; init; }
+    /// <summary>The TCP port really listened on (the chosen one when -Port 0 was given); 0 for Unix-socket exports.</summary>
+    public int Port { get; init; }
+    public string? SocketPath { get; init; }
+    public string[] AllowedClient { get; init; } = [];
+    public int MaxConnections { get; init; }
+    /// <summary>Running while served, Stopped once Stop-NbdExport (or module removal) ended it.</summary>
+    public string State { get; init; } = "Running";
+    public int ClientCount { get; init; }
+    public DateTimeOffset StartTime { get; init; }
+    public long BytesRead { get; init; }
+    public long BytesWritten { get; init; }
+    /// <summary>How clients reach it: nbd://host:port/name or nbd+unix:///name?socket=path.</summary>
+    public string Uri { get; init; } = "";
+
+    public override string ToString() => Uri;
+}
+
+/// <summary>An export a server lists (Find-NbdExport); pipe it to Connect-NbdDevice.</summary>
+public sealed class NbdRemoteExport
+{
+    /// <summary>Host asked; null when the server was reached through a Unix socket.</summary>
+    public string? ComputerName { get; init; }
+    public int Port { get; init; }
+    public string? SocketPath { get; init; }
+    /// <summary>The export name; Connect-NbdDevice binds it to -ExportName (alias Name).</summary>
+    public string Name { get; init; } = "";
+    public string? Description { get; init; }
+    /// <summary>Size in bytes; null when the server only answered LIST (no INFO).</summary>
+    public long? Size { get; init; }
+    public bool IsReadOnly { get; init; }
+    public bool CanMultiConnection { get; init; }
+    public bool CanFlush { get; init; }
+    public bool CanTrim { get; init; }
+    public bool CanWriteZeroes { get; init; }
+    public bool CanFastZero { get; init; }
+    public bool CanCache { get; init; }
+    public bool IsRotational { get; init; }
+    /// <summary>The raw transmission flags, as text.</summary>
+    public string Flags { get; init; } = "";
+    public int? MinimumBlockSize { get; init; }
+    public int? PreferredBlockSize { get; init; }
+    public int? MaximumBlockSize { get; init; }
+    public string Uri { get; init; } = "";
+
+    public override string ToString() => Uri;
+}
+
+/// <summary>An attached nbd device (Connect-NbdDevice, Get-NbdSession), whoever attached it.</summary>
+public sealed class NbdSession
+{
+    public string Device { get; init; } = "";
+    public int Index { get; init; }
+    public string? ComputerName { get; init; }
+    public int? Port { get; init; }
+    public string? ExportName { get; init; }
+    public string? SocketPath { get; init; }
+    /// <summary>The NBD URI from the device's backend identifier, when it is one.</summary>
+    public string? Uri { get; init; }
+    public long Size { get; init; }
+    public int BlockSize { get; init; }
+    public bool IsReadOnly { get; init; }
+    public bool IsConnected { get; init; }
+    public int? Connections { get; init; }
+    /// <summary>Request timeout in seconds, when the kernel shows it.</summary>
+    public int? Timeout { get; init; }
+    public string[] MountPoints { get; init; } = [];
+    public string? BackendIdentifier { get; init; }
+    /// <summary>True when an export of this PowerShell process serves the device.</summary>
+    public bool IsServedByThisProcess { get; init; }
+
+    public override string ToString() => Device;
+}
+
+/// <summary>One /dev/nbdN node and whether it is free (Get-NbdDevice).</summary>
+public sealed class NbdDevice
+{
+    public string Device { get; init; } = "";
+    public int Index { get; init; }
+    /// <summary>Free or Connected.</summary>
+    public string State { get; init; } = "Free";
+    public bool IsConnected { get; init; }
+    public long Size { get; init; }
+    public string? BackendIdentifier { get; init; }
+    public string[] MountPoints { get; init; } = [];
+
+    public override string ToString() => Device;
+}
