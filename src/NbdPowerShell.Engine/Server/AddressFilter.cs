@@ -32,13 +32,18 @@ public sealed class AddressFilter
             string addressText = slash < 0 ? entry : entry[..slash];
             if (!IPAddress.TryParse(addressText, out var address))
                 throw new FormatException($"'{raw}' is not an IP address or CIDR prefix.");
+            // An IPv4-mapped entry is stored as IPv4 (peers are normalized the same way), so its
+            // prefix length counts IPv6 bits: "::ffff:10.0.0.0/104" is 10.0.0.0/8, and a prefix
+            // shorter than the 96-bit mapping prefix cannot be expressed as IPv4.
+            int mappedBits = address.AddressFamily == AddressFamily.InterNetworkV6 && address.IsIPv4MappedToIPv6 ? 96 : 0;
             address = Normalize(address);
             byte[] bytes = address.GetAddressBytes();
             int bits = bytes.Length * 8;
             if (slash >= 0)
             {
-                if (!int.TryParse(entry[(slash + 1)..], out bits) || bits < 0 || bits > bytes.Length * 8)
+                if (!int.TryParse(entry[(slash + 1)..], out bits) || bits < mappedBits || bits > mappedBits + bytes.Length * 8)
                     throw new FormatException($"'{raw}' has an invalid prefix length.");
+                bits -= mappedBits;
             }
             parsed.Add((bytes, bits));
             text.Add(entry);
