@@ -31,6 +31,12 @@ for (int i = 1; i < args.Length; i++)
             exports.Add((name, () => new MemoryBlockStore(ParseSize(size))));
             break;
         }
+        case "--cow":
+        {
+            var (name, path) = Split(Next());
+            exports.Add((name, () => CopyOnWriteBlockStore.WithMemoryOverlay(FileBlockStore.Open(path, readOnly: true), ownsBase: true)));
+            break;
+        }
         case "--file":
         {
             var (name, path) = Split(Next());

@@ -142,8 +142,6 @@ internal sealed class ClientConnection
 
             var error = RequestValidator.Validate(command, cmdFlags, offset, length, export.Size, flags,
                 session.StructuredReplies, session.BaseAllocationContextId != null);
-            if (error == NbdError.None && _stopping)
-                error = NbdError.Shutdown;
 
             byte[]? payload = null;
             if (command == NbdCommand.Write)
@@ -181,7 +179,11 @@ internal sealed class ClientConnection
             request.Length = length;
             request.Payload = payload;
 
+            // Take the slot before looking at _stopping: StopAsync sets the flag and then waits for
+            // in-flight requests, so a request either counts as in flight or sees the flag.
             _slots.Wait();
+            if (error == NbdError.None && _stopping)
+                error = NbdError.Shutdown;
             if (error != NbdError.None)
             {
                 RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, export.Counters, Counters);
@@ -241,6 +243,7 @@ internal sealed class ClientConnection
     public async Task StopAsync(TimeSpan grace)
     {
         _stopping = true;
+        Interlocked.MemoryBarrier(); // the flag must be visible before InFlight is read below
         var until = DateTime.UtcNow + grace;
         if (!InTransmission)
         {
