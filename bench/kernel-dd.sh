@@ -53,6 +53,9 @@ run() { # label command... ; the server must listen on $port with export "bench"
     fi
     for _ in $(seq 300); do nbd-client -l 127.0.0.1 $port >/dev/null 2>&1 && break; sleep 0.2; done
     nbd-client 127.0.0.1 $port $dev -N bench -b 4096 >/dev/null
+    # Warm every server up the same way (the engine's JIT is slow under emulation), then measure.
+    dd if=/dev/zero of=$dev bs=1M count=64 oflag=direct status=none
+    dd if=$dev of=/dev/null bs=1M count=64 iflag=direct status=none
     write[$label]=$(dd if=/dev/urandom of=$dir/src bs=1M count=$mib status=none; \
         dd if=$dir/src of=$dev bs=1M count=$mib oflag=direct conv=fsync 2>&1 | rate)
     echo 3 > /proc/sys/vm/drop_caches

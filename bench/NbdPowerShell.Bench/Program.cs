@@ -63,6 +63,8 @@ using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(
     System.Runtime.InteropServices.PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.TrySetResult(); });
 await stop.Task;
 await server.StopAsync();
+// Steady-state serving should neither allocate nor collect much; print it so a benchmark run shows it.
+Console.WriteLine($"allocated {GC.GetTotalAllocatedBytes() / 1048576} MiB, collections gen0 {GC.CollectionCount(0)} gen1 {GC.CollectionCount(1)} gen2 {GC.CollectionCount(2)}");
 return 0;
 
 static (string, string) Split(string s)

@@ -116,7 +116,22 @@ internal sealed class ClientConnection
         var flags = export.FlagsFor(session.StructuredReplies);
         var reader = session.Reader;
         _writer = new ReplyWriter(session.Transport);
-        bool inline = (export.Store.Capabilities & StoreCapabilities.NonBlocking) != 0;
+        // Non-blocking (memory) stores run inline; blocking ones on this connection's workers, concurrently.
+        var workers = (export.Store.Capabilities & StoreCapabilities.NonBlocking) != 0
+            ? null
+            : new RequestWorkers(_server.Options.WorkerThreads, _maxInFlight, $"nbd-conn-{Id}");
+        try
+        {
+            ReadRequests(session, export, flags, reader, workers);
+        }
+        finally
+        {
+            workers?.Close();
+        }
+    }
+
+    private void ReadRequests(NegotiatedSession session, ServedExport export, TransmissionFlags flags, BufferedReader reader, RequestWorkers? workers)
+    {
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
@@ -190,10 +205,10 @@ internal sealed class ClientConnection
                 Complete(request);
                 continue;
             }
-            if (inline)
+            if (workers == null)
                 Execute(request);
             else
-                ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
+                workers.Enqueue(request);
         }
     }
 

@@ -4,10 +4,10 @@ using NbdPowerShell.Engine.Storage;
 namespace NbdPowerShell.Engine.Server;
 
 /// <summary>
-/// One in-flight request. Instances are pooled per connection and queued to the thread pool as
-/// work items directly, so steady-state serving allocates nothing per request.
+/// One in-flight request. Instances are pooled per connection and handed to the connection's
+/// workers directly, so steady-state serving allocates nothing per request.
 /// </summary>
-internal sealed class NbdRequest : IThreadPoolWorkItem
+internal sealed class NbdRequest
 {
     public NbdRequest(ClientConnection connection) => Connection = connection;
 

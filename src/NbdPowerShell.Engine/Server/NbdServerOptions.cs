@@ -8,6 +8,9 @@ public sealed class NbdServerOptions
     /// <summary>Requests one connection may have in flight; the reader stops reading when this many are running.</summary>
     public int MaxRequestsInFlight { get; init; } = 64;
 
+    /// <summary>Worker threads per connection for blocking (file, device) stores, like nbdkit's -t.</summary>
+    public int WorkerThreads { get; init; } = 8;
+
     /// <summary>Most simultaneous connections for the whole server (handshake included); 0 = unlimited.</summary>
     public int MaxConnections { get; init; }
 

@@ -15,6 +15,12 @@ internal static class RequestExecutor
     private const int MaxStatusExtents = 1024;
     /// <summary>Extents considered per hole-aware READ; the remainder is sent as data.</summary>
     private const int MaxReadExtents = 32;
+    /// <summary>
+    /// Below this, reads from stores whose extent queries cost syscalls are sent as plain data: a
+    /// small hole saves little on the wire, while SEEK_DATA/SEEK_HOLE on ext4 take the inode lock
+    /// that concurrent writes hold, serializing reads behind them.
+    /// </summary>
+    private const int HoleAwareReadMinimum = 256 * 1024;
 
     public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
         IoCounters exportCounters, IoCounters connectionCounters)
@@ -133,8 +139,10 @@ internal static class RequestExecutor
         int length = (int)request.Length;
         var extents = request.Extents;
         extents.Clear();
+        var caps = store.Capabilities;
         bool holeAware = length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
-                         (store.Capabilities & StoreCapabilities.Extents) != 0;
+                         (caps & StoreCapabilities.Extents) != 0 &&
+                         (length >= HoleAwareReadMinimum || (caps & StoreCapabilities.NonBlocking) != 0);
         if (holeAware)
             store.GetExtents(offset, length, extents, MaxReadExtents);
 

@@ -224,26 +224,32 @@ public class TransmissionTests
     [Fact]
     public async Task Structured_read_sends_holes_as_OFFSET_HOLE_and_data_as_OFFSET_DATA()
     {
+        const int K128 = 128 * 1024;
         await using var server = new TestServer();
         var store = server.Add("d", new ArrayBlockStore(Size, StoreCapabilities.Write | StoreCapabilities.Extents));
-        store.Data.AsSpan(4096, 4096).Fill(0xaa);
+        store.Data.AsSpan(K128, K128).Fill(0xaa);
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         var (_, flags) = c.Go("d", structured: true);
         Assert.True(flags.HasFlag(TransmissionFlags.SendDf));
-        c.SendRequest(NbdCommand.Read, 0, 3 * 4096, cookie: 7);
+        c.SendRequest(NbdCommand.Read, 0, 3 * K128, cookie: 7);
         var chunks = new List<RawNbdClient.Chunk>();
         do chunks.Add(c.ReadChunk()); while ((chunks[^1].Flags & 1) == 0);
         Assert.Equal(new[] { NbdReplyChunkType.OffsetHole, NbdReplyChunkType.OffsetData, NbdReplyChunkType.OffsetHole },
             chunks.Select(x => x.Type));
-        Assert.Equal(4096UL, BinaryPrimitives.ReadUInt64BigEndian(chunks[1].Payload));
+        Assert.Equal((ulong)K128, BinaryPrimitives.ReadUInt64BigEndian(chunks[1].Payload));
         Assert.All(chunks[1].Payload.Skip(8), b => Assert.Equal(0xaa, b));
-        Assert.Equal(4096u, BinaryPrimitives.ReadUInt32BigEndian(chunks[2].Payload.AsSpan(8)));
+        Assert.Equal((uint)K128, BinaryPrimitives.ReadUInt32BigEndian(chunks[2].Payload.AsSpan(8)));
+
+        // Small reads from a store whose extent queries cost syscalls go out as one data chunk.
+        c.SendRequest(NbdCommand.Read, 0, 4096, cookie: 10);
+        var small = c.ReadChunk();
+        Assert.Equal((NbdReplyChunkType.OffsetData, (ushort)1), (small.Type, small.Flags));
 
         // DF: exactly one data chunk.
-        c.SendRequest(NbdCommand.Read, 0, 3 * 4096, cookie: 8, flags: NbdCommandFlags.DontFragment);
+        c.SendRequest(NbdCommand.Read, 0, 3 * K128, cookie: 8, flags: NbdCommandFlags.DontFragment);
         var one = c.ReadChunk();
         Assert.Equal((NbdReplyChunkType.OffsetData, (ushort)1), (one.Type, one.Flags));
-        Assert.Equal(8 + 3 * 4096, one.Payload.Length);
+        Assert.Equal(8 + 3 * K128, one.Payload.Length);
 
         // An error on a structured read is an ERROR chunk.
         c.SendRequest(NbdCommand.Read, Size, 1, cookie: 9);
