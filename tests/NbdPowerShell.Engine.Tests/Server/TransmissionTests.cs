@@ -224,21 +224,22 @@ public class TransmissionTests
     [Fact]
     public async Task Structured_read_sends_holes_as_OFFSET_HOLE_and_data_as_OFFSET_DATA()
     {
-        const int K128 = 128 * 1024;
+        // Large enough that even a store whose extents cost syscalls sends holes.
+        const int Segment = 2 * 1024 * 1024;
         await using var server = new TestServer();
-        var store = server.Add("d", new ArrayBlockStore(Size, StoreCapabilities.Write | StoreCapabilities.Extents));
-        store.Data.AsSpan(K128, K128).Fill(0xaa);
+        var store = server.Add("d", new ArrayBlockStore(4 * Segment, StoreCapabilities.Write | StoreCapabilities.Extents));
+        store.Data.AsSpan(Segment, Segment).Fill(0xaa);
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         var (_, flags) = c.Go("d", structured: true);
         Assert.True(flags.HasFlag(TransmissionFlags.SendDf));
-        c.SendRequest(NbdCommand.Read, 0, 3 * K128, cookie: 7);
+        c.SendRequest(NbdCommand.Read, 0, 3 * Segment, cookie: 7);
         var chunks = new List<RawNbdClient.Chunk>();
         do chunks.Add(c.ReadChunk()); while ((chunks[^1].Flags & 1) == 0);
         Assert.Equal(new[] { NbdReplyChunkType.OffsetHole, NbdReplyChunkType.OffsetData, NbdReplyChunkType.OffsetHole },
             chunks.Select(x => x.Type));
-        Assert.Equal((ulong)K128, BinaryPrimitives.ReadUInt64BigEndian(chunks[1].Payload));
+        Assert.Equal((ulong)Segment, BinaryPrimitives.ReadUInt64BigEndian(chunks[1].Payload));
         Assert.All(chunks[1].Payload.Skip(8), b => Assert.Equal(0xaa, b));
-        Assert.Equal((uint)K128, BinaryPrimitives.ReadUInt32BigEndian(chunks[2].Payload.AsSpan(8)));
+        Assert.Equal((uint)Segment, BinaryPrimitives.ReadUInt32BigEndian(chunks[2].Payload.AsSpan(8)));
 
         // Small reads from a store whose extent queries cost syscalls go out as one data chunk.
         c.SendRequest(NbdCommand.Read, 0, 4096, cookie: 10);
@@ -246,13 +247,13 @@ public class TransmissionTests
         Assert.Equal((NbdReplyChunkType.OffsetData, (ushort)1), (small.Type, small.Flags));
 
         // DF: exactly one data chunk.
-        c.SendRequest(NbdCommand.Read, 0, 3 * K128, cookie: 8, flags: NbdCommandFlags.DontFragment);
+        c.SendRequest(NbdCommand.Read, 0, 3 * Segment, cookie: 8, flags: NbdCommandFlags.DontFragment);
         var one = c.ReadChunk();
         Assert.Equal((NbdReplyChunkType.OffsetData, (ushort)1), (one.Type, one.Flags));
-        Assert.Equal(8 + 3 * K128, one.Payload.Length);
+        Assert.Equal(8 + 3 * Segment, one.Payload.Length);
 
         // An error on a structured read is an ERROR chunk.
-        c.SendRequest(NbdCommand.Read, Size, 1, cookie: 9);
+        c.SendRequest(NbdCommand.Read, 4 * Segment, 1, cookie: 9);
         var err = c.ReadChunk();
         Assert.Equal(NbdReplyChunkType.Error, err.Type);
         Assert.Equal((uint)NbdError.Invalid, BinaryPrimitives.ReadUInt32BigEndian(err.Payload));
