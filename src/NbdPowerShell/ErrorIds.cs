@@ -27,6 +27,9 @@ internal static class ErrorIds
     public const string ConnectionFailed = "NbdConnectionFailed";
     public const string Timeout = "NbdTimeout";
     public const string TlsRequired = "NbdTlsRequired";
+    public const string TlsNotSupported = "NbdTlsNotSupported";
+    public const string TlsHandshakeFailed = "NbdTlsHandshakeFailed";
+    public const string CertificateInvalid = "NbdCertificateInvalid";
     public const string MultiConnNotSupported = "NbdMultiConnNotSupported";
     public const string PathNotFound = "NbdPathNotFound";
     public const string StorageError = "NbdStorageError";
@@ -37,7 +40,7 @@ internal static class ErrorIds
     [
         ExportNotFound, ExportAlreadyExists, ExportBusy, AddressInUse, DeviceNotFound, DeviceBusy, DeviceMounted,
         PermissionDenied, KernelModuleMissing, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
-        ConnectionFailed, Timeout, TlsRequired, MultiConnNotSupported, PathNotFound, StorageError, KernelError,
+        ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported, PathNotFound, StorageError, KernelError,
         InvalidArgument,
     ];
 
@@ -57,6 +60,9 @@ internal static class ErrorIds
         },
         NbdExportNotFoundException => ExportNameUnknown,
         NbdTlsRequiredException => TlsRequired,
+        NbdTlsNotSupportedException => TlsNotSupported,
+        NbdCertificateValidationException => CertificateInvalid,
+        NbdTlsHandshakeException => TlsHandshakeFailed,
         NbdOptionErrorException or NbdProtocolException => HandshakeFailed,
         NbdTimeoutException => Timeout,
         NbdConnectionRefusedException or NbdConnectionException => ConnectionFailed,

@@ -24,6 +24,10 @@ internal sealed record ExportRequest
     public string? SocketPath { get; init; }
     public IReadOnlyList<string> AllowedClient { get; init; } = [];
     public int MaxConnections { get; init; }
+    /// <summary>Server TLS settings; null serves without TLS. Exports sharing a listener must agree on them.</summary>
+    public TlsOptions? Tls { get; init; }
+    /// <summary>Only TLS clients may see and open this export (SELECTIVETLS).</summary>
+    public bool TlsOnly { get; init; }
 }
 
 /// <summary>
@@ -47,8 +51,9 @@ internal sealed class ExportHost
 
     public static ExportHost Default { get; } = new(EngineLog.Default);
 
-    private sealed class Listening(string key, NbdServer server, string? host, int port, string? socketPath)
+    private sealed class Listening(string key, NbdServer server, string? host, int port, string? socketPath, TlsOptions? tls)
     {
+        public TlsOptions? Tls { get; } = tls;
         public string Key { get; } = key;
         public NbdServer Server { get; } = server;
         public string? Host { get; } = host;
@@ -101,6 +106,7 @@ internal sealed class ExportHost
                 var listening = FindOrListen(request, address);
                 var definition = new ExportDefinition(request.Name, store)
                 {
+                    TlsOnly = request.TlsOnly,
                     Description = request.Description,
                     ReadOnly = request.ReadOnly,
                     MaxConnections = request.MaxConnections,
@@ -149,13 +155,14 @@ internal sealed class ExportHost
 
     private Listening FindOrListen(ExportRequest request, IPAddress? address)
     {
+        var options = new NbdServerOptions { Tls = request.Tls };
         if (request.SocketPath is { } socketPath)
         {
             string full = System.IO.Path.GetFullPath(socketPath);
             string key = "unix:" + full;
             if (_servers.TryGetValue(key, out var existing))
-                return existing;
-            var server = new NbdServer(logger: _log);
+                return RequireSameTls(existing, request, full);
+            var server = new NbdServer(options, _log);
             try
             {
                 server.ListenUnix(full);
@@ -165,14 +172,14 @@ internal sealed class ExportHost
                 StopInBackground(server);
                 throw;
             }
-            var listening = new Listening(key, server, null, 0, full);
+            var listening = new Listening(key, server, null, 0, full, request.Tls);
             _servers[key] = listening;
             return listening;
         }
 
         if (request.Port != 0 && _servers.TryGetValue(TcpKey(address!, request.Port), out var shared))
-            return shared;
-        var tcpServer = new NbdServer(logger: _log);
+            return RequireSameTls(shared, request, $"{request.ListenAddress}:{request.Port}");
+        var tcpServer = new NbdServer(options, _log);
         IPEndPoint bound;
         try
         {
@@ -184,12 +191,29 @@ internal sealed class ExportHost
             throw;
         }
         string tcpKey = TcpKey(address!, bound.Port);
-        var tcp = new Listening(tcpKey, tcpServer, ClientHost(address!), bound.Port, null);
+        var tcp = new Listening(tcpKey, tcpServer, ClientHost(address!), bound.Port, null, request.Tls);
         _servers[tcpKey] = tcp;
         return tcp;
     }
 
     private static string TcpKey(IPAddress address, int port) => $"tcp:{address}:{port}";
+
+    /// <summary>TLS is a property of the listener, so every export on it must ask for the same settings.</summary>
+    private static Listening RequireSameTls(Listening listening, ExportRequest request, string where)
+    {
+        if (DescribeTls(listening.Tls) != DescribeTls(request.Tls))
+            throw new ArgumentException(
+                $"Exports on {where} share one listener and must agree on TLS: it serves {DescribeTls(listening.Tls)}, this export asks for {DescribeTls(request.Tls)}. " +
+                "Give the same -Certificate/-CertificatePath, -TlsMode and -ClientCertificateAuthority as the exports already there, or use another -Port or -SocketPath.");
+        return listening;
+    }
+
+    /// <summary>Mode, certificate thumbprint and client authorities (never key material).</summary>
+    private static string DescribeTls(TlsOptions? tls) =>
+        tls is null
+            ? "no TLS"
+            : $"TLS {tls.Mode} with certificate {tls.ServerCertificate.Thumbprint}" +
+              (tls.ClientCertificateAuthorities is { Count: > 0 } cas ? $" requiring client certificates from {string.Join(", ", cas.Select(c => c.Thumbprint).Order())}" : "");
 
     /// <summary>The host a client on this machine uses to reach a listener.</summary>
     private static string ClientHost(IPAddress address) =>
@@ -358,10 +382,25 @@ internal sealed class ExportHost
 
     private void StopInBackground(NbdServer server) => _ = SafeStopAsync(server);
 
-    private static NbdUri UriOf(Hosted hosted) =>
-        hosted.Listening.SocketPath is { } path
-            ? NbdUri.ForUnix(path, hosted.Request.Name)
-            : NbdUri.ForTcp(hosted.Listening.Host!, hosted.Listening.Port, hosted.Request.Name);
+    /// <summary>nbds:// when clients need TLS for this export (Require, or a TLS-only export).</summary>
+    private static NbdUri UriOf(Hosted hosted)
+    {
+        bool tls = hosted.Listening.Tls is { } t && (t.Mode == TlsMode.Require || hosted.Request.TlsOnly);
+        return hosted.Listening.SocketPath is { } path
+            ? NbdUri.ForUnix(path, hosted.Request.Name, tls)
+            : NbdUri.ForTcp(hosted.Listening.Host!, hosted.Listening.Port, hosted.Request.Name, tls);
+    }
+
+    /// <summary>Whether an in-process attach of this export must speak TLS (and whether the server wants a client certificate).</summary>
+    public (bool NeedsTls, bool NeedsClientCertificate) LocalTlsOf(string name)
+    {
+        lock (_gate)
+        {
+            if (!_exports.TryGetValue(name, out var hosted) || hosted.Listening.Tls is not { } tls)
+                return (false, false);
+            return (tls.Mode == TlsMode.Require || hosted.Request.TlsOnly, tls.ClientCertificateAuthorities is not null);
+        }
+    }
 
     private NbdExport Describe(Hosted hosted)
     {
@@ -389,6 +428,11 @@ internal sealed class ExportHost
             BytesRead = snapshot.Io.BytesRead,
             BytesWritten = snapshot.Io.BytesWritten,
             Uri = UriOf(hosted).ToString(),
+            TlsMode = hosted.Listening.Tls?.Mode.ToString() ?? "None",
+            IsTlsOnly = r.TlsOnly,
+            CertificateSubject = hosted.Listening.Tls?.ServerCertificate.Subject,
+            CertificateThumbprint = hosted.Listening.Tls?.ServerCertificate.Thumbprint,
+            RequiresClientCertificate = hosted.Listening.Tls?.ClientCertificateAuthorities is not null,
         };
         hosted.LastSnapshot = export;
         return export;
@@ -400,5 +444,7 @@ internal sealed class ExportHost
         IsReadOnly = e.IsReadOnly, IsCopyOnWrite = e.IsCopyOnWrite, ListenAddress = e.ListenAddress, Port = e.Port,
         SocketPath = e.SocketPath, AllowedClient = e.AllowedClient, MaxConnections = e.MaxConnections, State = state,
         ClientCount = clients, StartTime = e.StartTime, BytesRead = e.BytesRead, BytesWritten = e.BytesWritten, Uri = e.Uri,
+        TlsMode = e.TlsMode, IsTlsOnly = e.IsTlsOnly, CertificateSubject = e.CertificateSubject, CertificateThumbprint = e.CertificateThumbprint,
+        RequiresClientCertificate = e.RequiresClientCertificate,
     };
 }

@@ -33,7 +33,9 @@ public sealed class ModuleLifetime : IModuleAssemblyInitializer, IModuleAssembly
     {
         try
         {
-            var warnings = ExportHost.Default.Shutdown(ListDevices);
+            var warnings = ExportHost.Default.Shutdown(ListDevices).ToList();
+            foreach (int index in TlsRelayRegistry.StopAll())
+                warnings.Add($"/dev/nbd{index} reached its server over TLS through a relay in this process, which stopped with the module: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device /dev/nbd{index} -Force.");
             if (warnings.Count > 0)
                 _lastWarnings = warnings;
             return warnings.ToArray();

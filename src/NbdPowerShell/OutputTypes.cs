@@ -29,8 +29,17 @@ public sealed class NbdExport
     public DateTimeOffset StartTime { get; init; }
     public long BytesRead { get; init; }
     public long BytesWritten { get; init; }
-    /// <summary>How clients reach it: nbd://host:port/name or nbd+unix:///name?socket=path.</summary>
+    /// <summary>How clients reach it: nbd://host:port/name or nbd+unix:///name?socket=path (nbds:// when TLS is required).</summary>
     public string Uri { get; init; } = "";
+    /// <summary>None, Allow (STARTTLS offered) or Require (plain clients refused).</summary>
+    public string TlsMode { get; init; } = "None";
+    /// <summary>Only TLS clients see and open this export.</summary>
+    public bool IsTlsOnly { get; init; }
+    /// <summary>Subject of the server certificate (the private key is never shown).</summary>
+    public string? CertificateSubject { get; init; }
+    public string? CertificateThumbprint { get; init; }
+    /// <summary>Clients must present a certificate from -ClientCertificateAuthority (mutual TLS).</summary>
+    public bool RequiresClientCertificate { get; init; }
 
     public override string ToString() => Uri;
 }
@@ -60,6 +69,8 @@ public sealed class NbdRemoteExport
     public int? MinimumBlockSize { get; init; }
     public int? PreferredBlockSize { get; init; }
     public int? MaximumBlockSize { get; init; }
+    /// <summary>True when the export was listed over TLS; Connect-NbdDevice binds it to -UseTls.</summary>
+    public bool IsTls { get; init; }
     public string Uri { get; init; } = "";
 
     public override string ToString() => Uri;
@@ -87,6 +98,12 @@ public sealed class NbdSession
     public string? BackendIdentifier { get; init; }
     /// <summary>True when an export of this PowerShell process serves the device.</summary>
     public bool IsServedByThisProcess { get; init; }
+    /// <summary>True when the device reaches its server over TLS (its backend identifier is an nbds:// URI).</summary>
+    public bool IsTls { get; init; }
+    /// <summary>True while this process relays the device's TLS traffic (the kernel has a socketpair end; the relay lives as long as the module).</summary>
+    public bool IsTlsRelayed { get; init; }
+    /// <summary>Plain, TLS relay (this process), or TLS relay (another process).</summary>
+    public string Transport { get; init; } = "Plain";
 
     public override string ToString() => Device;
 }

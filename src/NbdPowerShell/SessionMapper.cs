@@ -43,8 +43,17 @@ internal static partial class SessionMapper
             MountPoints = info.MountPoints.ToArray(),
             BackendIdentifier = info.BackendIdentifier,
             IsServedByThisProcess = host?.ExportServing(info.Index, info.BackendIdentifier) is not null,
+            IsTls = uri?.Tls == true || TlsRelayRegistry.IsRelayed(info.Index),
+            IsTlsRelayed = TlsRelayRegistry.IsRelayed(info.Index),
+            Transport = TransportOf(info.Index, uri?.Tls == true),
         };
     }
+
+    /// <summary>How the kernel's sockets reach the server: directly, or through a TLS relay here or elsewhere (e.g. nbd-client's proxy).</summary>
+    public static string TransportOf(int index, bool tls) =>
+        TlsRelayRegistry.IsRelayed(index) ? RelayedHere : tls ? "TLS relay (another process)" : "Plain";
+
+    public const string RelayedHere = "TLS relay (this process)";
 
     public static NbdDevice ToDevice(NbdDeviceInfo info) => new()
     {
@@ -75,5 +84,8 @@ internal static partial class SessionMapper
         Timeout = timeout is { } t ? (int)Math.Ceiling(t.TotalSeconds) : null,
         BackendIdentifier = result.BackendIdentifier,
         IsServedByThisProcess = servedHere,
+        IsTls = uri.Tls || result.IsTlsRelayed,
+        IsTlsRelayed = result.IsTlsRelayed,
+        Transport = result.IsTlsRelayed ? RelayedHere : "Plain",
     };
 }

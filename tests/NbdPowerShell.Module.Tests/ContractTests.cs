@@ -62,6 +62,24 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Disconnect-NbdDevice", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Disconnect-NbdDevice", "PassThru", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Get-NbdDevice", "Device", "__AllParameterSets", "String[]", false, 0, false, true, "Path" },
+        { "Start-NbdExport", "Certificate", "__AllParameterSets", "X509Certificate2", false, -1, false, false, "" },
+        { "Start-NbdExport", "CertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Start-NbdExport", "KeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Start-NbdExport", "TlsMode", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Start-NbdExport", "ClientCertificateAuthority", "__AllParameterSets", "Object[]", false, -1, false, false, "" },
+        { "Start-NbdExport", "TlsOnly", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Find-NbdExport", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Find-NbdExport", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Find-NbdExport", "ClientCertificate", "__AllParameterSets", "X509Certificate2", false, -1, false, false, "" },
+        { "Find-NbdExport", "ClientCertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Find-NbdExport", "ClientKeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Find-NbdExport", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Connect-NbdDevice", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "ClientCertificate", "__AllParameterSets", "X509Certificate2", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "ClientCertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "ClientKeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
     };
 
     [Fact]
@@ -148,9 +166,9 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     {
         var expected = new Dictionary<string, string[]>
         {
-            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "State", "ClientCount", "Uri"],
-            ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "Uri"],
-            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier"],
+            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint"],
+            ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
+            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
         };
         foreach (var (name, properties) in expected)

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Protocol;
 
@@ -40,8 +41,8 @@ public static class NbdClient
         {
             var opts = options ?? NbdClientOptions.Default;
             using var socket = await OpenSocketAsync(server, token).ConfigureAwait(false);
-            using var stream = new NetworkStream(socket, ownsSocket: false);
-            var negotiator = await NbdNegotiator.StartAsync(stream, Describe(server), token).ConfigureAwait(false);
+            var (stream, negotiator, _) = await StartAsync(socket, server, opts, token).ConfigureAwait(false);
+            await using var _stream = stream;
             var names = await negotiator.ListAsync(token).ConfigureAwait(false);
             var result = new List<NbdExportInfo>(names.Count);
             bool infoWorks = true;
@@ -72,9 +73,9 @@ public static class NbdClient
             var opts = options ?? NbdClientOptions.Default;
             NbdExportInfo? info = null;
             using (var socket = await OpenSocketAsync(uri, token).ConfigureAwait(false))
-            using (var stream = new NetworkStream(socket, ownsSocket: false))
             {
-                var negotiator = await NbdNegotiator.StartAsync(stream, Describe(uri), token).ConfigureAwait(false);
+                var (stream, negotiator, _) = await StartAsync(socket, uri, opts, token).ConfigureAwait(false);
+                await using var _stream = stream;
                 if (negotiator.FixedNewstyle && !opts.ForceExportName)
                 {
                     info = await negotiator.InfoOrGoAsync(NbdOption.Info, uri.ExportName, opts.RequestBlockSize, token).ConfigureAwait(false);
@@ -88,23 +89,54 @@ public static class NbdClient
 
     private static async Task<NbdNegotiatedConnection> NegotiateCoreAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct)
     {
-        var stream = new NetworkStream(socket, ownsSocket: false);
-        string peer = Describe(uri);
-        var negotiator = await NbdNegotiator.StartAsync(stream, peer, ct).ConfigureAwait(false);
-        NbdExportInfo? info = null;
-        if (negotiator.FixedNewstyle && !options.ForceExportName)
-            info = await negotiator.InfoOrGoAsync(NbdOption.Go, uri.ExportName, options.RequestBlockSize, ct).ConfigureAwait(false);
-        bool fallback = info is null;
-        info ??= await negotiator.ExportNameAsync(uri.ExportName, ct).ConfigureAwait(false);
-        if (!info.Flags!.Value.HasFlag(TransmissionFlags.HasFlags))
-            info = info with { Flags = TransmissionFlags.None }; // flags without HAS_FLAGS carry no meaning
-        return new NbdNegotiatedConnection(socket, stream, uri, info, fallback);
+        var (stream, negotiator, effective) = await StartAsync(socket, uri, options, ct).ConfigureAwait(false);
+        try
+        {
+            NbdExportInfo? info = null;
+            bool tls = stream is SslStream;
+            // Over TLS never fall back to EXPORT_NAME: GO is the downgrade defence the spec asks of TLS clients.
+            if (negotiator.FixedNewstyle && (!options.ForceExportName || tls))
+                info = await negotiator.InfoOrGoAsync(NbdOption.Go, uri.ExportName, options.RequestBlockSize, ct).ConfigureAwait(false);
+            if (info is null && tls)
+                throw new NbdProtocolException($"{Describe(uri)} does not support NBD_OPT_GO, which a TLS connection needs.");
+            bool fallback = info is null;
+            info ??= await negotiator.ExportNameAsync(uri.ExportName, ct).ConfigureAwait(false);
+            if (!info.Flags!.Value.HasFlag(TransmissionFlags.HasFlags))
+                info = info with { Flags = TransmissionFlags.None }; // flags without HAS_FLAGS carry no meaning
+            return new NbdNegotiatedConnection(socket, stream, effective, info, fallback);
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Greeting, then STARTTLS and the TLS handshake when the URI (nbds://) or the options ask for TLS.
+    /// Returns the stream to continue on and the URI as used (nbds:// when TLS is on).
+    /// </summary>
+    private static async Task<(Stream Stream, NbdNegotiator Negotiator, NbdUri Uri)> StartAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct)
+    {
+        Stream stream = new NetworkStream(socket, ownsSocket: false);
+        try
+        {
+            var negotiator = await NbdNegotiator.StartAsync(stream, Describe(uri), ct).ConfigureAwait(false);
+            if (!uri.Tls && options.Tls is null)
+                return (stream, negotiator, uri);
+            stream = await ClientTlsHandshake.UpgradeAsync(negotiator, stream, uri, options.Tls ?? NbdClientTlsOptions.Default, ct).ConfigureAwait(false);
+            return (stream, negotiator, uri.WithTls(true));
+        }
+        catch
+        {
+            await stream.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
     }
 
     /// <summary>Opens a TCP (every resolved address in turn) or Unix stream socket; maps failures to typed exceptions.</summary>
     internal static async Task<Socket> OpenSocketAsync(NbdUri uri, CancellationToken ct)
     {
-        if (uri.Tls) throw new NotSupportedException($"TLS ({uri.Scheme}://) is not supported by this client.");
         if (uri.IsUnix)
         {
             var unix = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

@@ -12,4 +12,7 @@ public sealed record NbdClientOptions
 
     /// <summary>Use NBD_OPT_EXPORT_NAME directly instead of GO (old servers, or tests of the fallback).</summary>
     public bool ForceExportName { get; init; }
+
+    /// <summary>TLS settings; when set (or the URI is nbds://) the client insists on STARTTLS. Null means plaintext.</summary>
+    public NbdClientTlsOptions? Tls { get; init; }
 }

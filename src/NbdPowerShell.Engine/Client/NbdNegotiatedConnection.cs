@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Net.Security;
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Protocol;
 
@@ -7,6 +8,8 @@ namespace NbdPowerShell.Engine.Client;
 /// <summary>
 /// A connection in the transmission phase, negotiated with simple replies only. Offers a small sequential
 /// I/O API (for tests and export checks) or hands its Socket over, e.g. to the kernel via <see cref="DetachSocket"/>.
+/// Over TLS the bytes go through an SslStream, so the socket alone is useless: <see cref="DetachTransport"/>
+/// hands over both (the kernel attach then relays them).
 /// </summary>
 public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
 {
@@ -15,7 +18,7 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
 
     private readonly SemaphoreSlim _gate = new(1, 1);
     private Socket? _socket;
-    private NetworkStream? _stream;
+    private Stream? _stream;
     private ulong _cookie;
 
     public NbdUri Uri { get; }
@@ -31,25 +34,41 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
     /// <summary>The connected socket; null once detached or disposed.</summary>
     public Socket? Socket => _socket;
 
-    internal NbdNegotiatedConnection(Socket socket, NetworkStream stream, NbdUri uri, NbdExportInfo export, bool usedFallback)
+    /// <summary>True when the connection runs over TLS (STARTTLS was negotiated); <see cref="Uri"/> is then nbds://.</summary>
+    public bool IsTls { get; }
+
+    internal NbdNegotiatedConnection(Socket socket, Stream stream, NbdUri uri, NbdExportInfo export, bool usedFallback)
     {
         _socket = socket;
         _stream = stream;
+        IsTls = stream is SslStream;
         Uri = uri;
         Export = export;
         UsedExportNameFallback = usedFallback;
     }
 
-    /// <summary>Takes the socket away from this object (which can then do no I/O); the caller owns it.</summary>
+    /// <summary>Takes the socket away from this object (which can then do no I/O); the caller owns it. Not for TLS connections.</summary>
     public Socket DetachSocket()
+    {
+        if (IsTls)
+            throw new InvalidOperationException("This connection runs over TLS: its socket carries TLS records, so take the stream as well with DetachTransport.");
+        return DetachTransport().Socket;
+    }
+
+    /// <summary>
+    /// Takes the socket and the stream to talk over (the SslStream for TLS, else a NetworkStream that does not own
+    /// the socket) away from this object; the caller owns both.
+    /// </summary>
+    public (Socket Socket, Stream Stream) DetachTransport()
     {
         _gate.Wait();
         try
         {
             var socket = _socket ?? throw new ObjectDisposedException(nameof(NbdNegotiatedConnection), "The socket was already detached or closed.");
+            var stream = _stream!;
             _socket = null;
-            _stream = null; // the stream does not own the socket, so dropping it closes nothing
-            return socket;
+            _stream = null;
+            return (socket, stream);
         }
         finally { _gate.Release(); }
     }
@@ -109,6 +128,7 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
             {
                 await stream.WriteAsync(header, ct).ConfigureAwait(false);
                 if (!payload.IsEmpty) await stream.WriteAsync(payload, ct).ConfigureAwait(false);
+                await stream.FlushAsync(ct).ConfigureAwait(false);
                 var reply = new byte[NbdLimits.SimpleReplyHeaderSize];
                 await stream.ReadExactlyAsync(reply, ct).ConfigureAwait(false);
                 uint magic = BinaryPrimitives.ReadUInt32BigEndian(reply);
@@ -162,7 +182,11 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
                 BinaryPrimitives.WriteUInt32BigEndian(header, NbdMagic.Request);
                 BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), (ushort)NbdCommand.Disconnect);
                 BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), ++_cookie);
-                try { await stream.WriteAsync(header, ct).ConfigureAwait(false); }
+                try
+                {
+                    await stream.WriteAsync(header, ct).ConfigureAwait(false);
+                    await stream.FlushAsync(ct).ConfigureAwait(false);
+                }
                 catch (IOException) { }
             }
             CloseSocket();
@@ -172,7 +196,9 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
 
     private void CloseSocket()
     {
-        _stream = null;
+        var stream = Interlocked.Exchange(ref _stream, null);
+        try { stream?.Dispose(); } // an SslStream sends close_notify
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { }
         var s = Interlocked.Exchange(ref _socket, null);
         s?.Dispose();
     }

@@ -13,7 +13,7 @@ internal sealed class NbdNegotiator
     /// <summary>Option replies longer than this are a broken or hostile server (LIST entries and INFO are tiny).</summary>
     private const int MaxReplyPayload = 1024 * 1024;
 
-    private readonly Stream _stream;
+    private Stream _stream;
     private readonly string _peer;
 
     public ServerHandshakeFlags ServerFlags { get; private set; }
@@ -53,6 +53,37 @@ internal sealed class NbdNegotiator
         await n.WriteAsync(reply, ct).ConfigureAwait(false);
         return n;
     }
+
+    /// <summary>
+    /// NBD_OPT_STARTTLS. Returns after the server's ACK; the caller runs the TLS handshake and then
+    /// <see cref="UseStream"/>. A server without TLS (ERR_POLICY, ERR_UNSUP) gives NbdTlsNotSupportedException.
+    /// </summary>
+    public async Task StartTlsAsync(CancellationToken ct)
+    {
+        if (!FixedNewstyle)
+            throw new NbdTlsNotSupportedException($"{_peer} does not offer TLS: it does not speak fixed newstyle negotiation, which STARTTLS needs.");
+        await SendOptionAsync(NbdOption.StartTls, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+        var (type, payload) = await ReadReplyAsync(NbdOption.StartTls, ct).ConfigureAwait(false);
+        if (type == NbdOptionReplyType.Ack) return;
+        string? text = payload.Length > 0 ? Encoding.UTF8.GetString(payload).TrimEnd('\0', '\n') : null;
+        string suffix = string.IsNullOrEmpty(text) ? "" : $" Server says: {text}";
+        if (type is NbdOptionReplyType.ErrPolicy or NbdOptionReplyType.ErrUnsupported)
+            throw new NbdTlsNotSupportedException($"{_peer} does not offer TLS (STARTTLS answered {type}); connect without TLS or enable TLS on the server.{suffix}");
+        throw ToException(NbdOption.StartTls, type, payload, "");
+    }
+
+    /// <summary>Continues negotiation over another stream (the TLS stream after STARTTLS).</summary>
+    public void UseStream(Stream stream)
+    {
+        _stream = stream;
+        _awaitingFirstTlsReply = true;
+    }
+
+    /// <summary>
+    /// With TLS 1.3 a server refuses a client certificate (or its absence) only after our side of the handshake
+    /// finished: the first reply over TLS then never comes. That closure is reported as a handshake failure.
+    /// </summary>
+    private bool _awaitingFirstTlsReply;
 
     /// <summary>NBD_OPT_LIST: names and descriptions as the server lists them.</summary>
     public async Task<IReadOnlyList<(string Name, string? Description)>> ListAsync(CancellationToken ct)
@@ -210,7 +241,7 @@ internal sealed class NbdNegotiator
         {
             NbdOptionReplyType.ErrUnknown => new NbdExportNotFoundException(exportName, option, text, $"{_peer} has no export named '{exportName}'.{suffix}"),
             NbdOptionReplyType.ErrPolicy => new NbdPolicyRefusedException(option, text, $"{_peer} refused by policy to {what}.{suffix}"),
-            NbdOptionReplyType.ErrTlsRequired => new NbdTlsRequiredException(option, text, $"{_peer} requires TLS to {what}; TLS is not supported by this client.{suffix}"),
+            NbdOptionReplyType.ErrTlsRequired => new NbdTlsRequiredException(option, text, $"{_peer} requires TLS to {what}; connect with TLS (-UseTls, or an nbds:// URI).{suffix}"),
             NbdOptionReplyType.ErrShutdown => new NbdServerShutdownException(option, text, $"{_peer} is shutting down.{suffix}"),
             _ => new NbdOptionErrorException(option, type, text, $"{_peer} failed to {what}: {type}.{suffix}"),
         };
@@ -226,9 +257,20 @@ internal sealed class NbdNegotiator
 
     private async Task ReadExactAsync(Memory<byte> buffer, string what, CancellationToken ct)
     {
-        if (await ReadUpToAsync(buffer, ct).ConfigureAwait(false) < buffer.Length)
+        int got;
+        try { got = await ReadUpToAsync(buffer, ct).ConfigureAwait(false); }
+        catch (NbdConnectionException e) when (_awaitingFirstTlsReply) { throw TlsRefused(e); }
+        if (got < buffer.Length)
+        {
+            if (_awaitingFirstTlsReply) throw TlsRefused(null);
             throw new NbdConnectionException($"{_peer} closed the connection while we waited for the {what}.");
+        }
+        _awaitingFirstTlsReply = false;
     }
+
+    private NbdTlsHandshakeException TlsRefused(Exception? inner) => new(
+        $"{_peer} closed the TLS connection right after the handshake: it most likely refused our client certificate, or requires one " +
+        "(mutual TLS). Give a certificate its authority trusts with -ClientCertificate.", inner);
 
     private async Task<int> ReadUpToAsync(Memory<byte> buffer, CancellationToken ct)
     {

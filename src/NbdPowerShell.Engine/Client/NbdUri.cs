@@ -52,6 +52,9 @@ public sealed record NbdUri
 
     public NbdUri WithExportName(string exportName) => new(Host, Port, exportName ?? "", SocketPath, Tls);
 
+    /// <summary>The same address with the TLS scheme (nbds://, nbds+unix://) or without it.</summary>
+    public NbdUri WithTls(bool tls) => tls == Tls ? this : new(Host, Port, ExportName, SocketPath, tls);
+
     public static NbdUri Parse(string text) =>
         TryParse(text, out var uri, out var error) ? uri : throw new FormatException($"Not an NBD URI '{text}': {error}");
 

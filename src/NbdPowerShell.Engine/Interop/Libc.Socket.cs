@@ -40,3 +40,26 @@ internal static partial class Libc
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial int poll(PollFd* fds, nuint nfds, int timeout);
 }
+
+internal static partial class Libc
+{
+    public const int AF_UNIX = 1;
+    public const int SOCK_STREAM = 1;
+
+    [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
+    private static unsafe partial int socketpair(int domain, int type, int protocol, int* sv);
+
+    /// <summary>A connected pair of AF_UNIX stream sockets (close-on-exec), wrapped as .NET sockets.</summary>
+    public static unsafe (System.Net.Sockets.Socket First, System.Net.Sockets.Socket Second) SocketPair()
+    {
+        int* sv = stackalloc int[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        {
+            int errno = LastErrno;
+            throw new System.Net.Sockets.SocketException(errno, $"socketpair failed: {StrError(errno)}");
+        }
+        return (Wrap(sv[0]), Wrap(sv[1]));
+
+        static System.Net.Sockets.Socket Wrap(int fd) => new(new System.Net.Sockets.SafeSocketHandle(fd, ownsHandle: true));
+    }
+}

@@ -10,4 +10,6 @@ public sealed record AttachResult
     public required int Connections { get; init; }
     public required bool IsReadOnly { get; init; }
     public string? BackendIdentifier { get; init; }
+    /// <summary>True when the connections run over TLS through relays in this process (see <see cref="TlsRelayRegistry"/>).</summary>
+    public bool IsTlsRelayed { get; init; }
 }

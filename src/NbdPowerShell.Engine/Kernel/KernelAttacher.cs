@@ -31,8 +31,10 @@ public sealed class KernelAttacher
     /// <summary>
     /// Attaches one export through one or more connections, all negotiated to the same export.
     /// Refuses more than one connection unless the export advertises CAN_MULTI_CONN.
+    /// TLS connections are attached through a <see cref="TlsRelay"/> each, kept in <see cref="TlsRelayRegistry"/>
+    /// until the device is disconnected; the backend identifier is then the nbds:// URI.
     /// </summary>
-    public Task<AttachResult> AttachAsync(IReadOnlyList<NbdNegotiatedConnection> connections, AttachOptions options, CancellationToken ct = default)
+    public async Task<AttachResult> AttachAsync(IReadOnlyList<NbdNegotiatedConnection> connections, AttachOptions options, CancellationToken ct = default)
     {
         ArgumentNullException.ThrowIfNull(connections);
         if (connections.Count == 0) throw new ArgumentException("At least one connection is needed.", nameof(connections));
@@ -42,8 +44,43 @@ public sealed class KernelAttacher
                 throw new NbdKernelException($"The connections disagree about the export: size {c.Size} vs {first.Size}, flags {c.Flags} vs {first.Flags}.");
         if (!options.ReadOnly && first.IsReadOnly) options = options with { ReadOnly = true };
         if (options.BackendIdentifier is null) options = options with { BackendIdentifier = first.Uri.ToString() };
-        var sockets = connections.Select(c => c.DetachSocket()).ToList();
-        return AttachAsync(sockets, first.Size, first.Flags, options, first.Export.MinimumBlockSize, first.Export.PreferredBlockSize, ct);
+        var sockets = new List<Socket>(connections.Count);
+        var relays = new List<TlsRelay>();
+        try
+        {
+            foreach (var c in connections)
+            {
+                if (!c.IsTls)
+                {
+                    sockets.Add(c.DetachSocket());
+                    continue;
+                }
+                var (socket, stream) = c.DetachTransport();
+                var (kernelEnd, relay) = TlsRelay.Start(socket, stream, c.Uri.ToString(), _logger);
+                relays.Add(relay);
+                sockets.Add(kernelEnd);
+            }
+        }
+        catch
+        {
+            foreach (var s in sockets) s.Dispose();
+            foreach (var r in relays) r.Stop();
+            throw;
+        }
+        AttachResult result;
+        try
+        {
+            result = await AttachAsync(sockets, first.Size, first.Flags, options, first.Export.MinimumBlockSize, first.Export.PreferredBlockSize, ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            foreach (var r in relays) r.Stop();
+            throw;
+        }
+        if (relays.Count == 0) return result;
+        TlsRelayRegistry.Register(result.Index, relays);
+        _logger.LogInformation("{Device} reaches {Uri} through {Count} TLS relay(s) in this process", result.Device, first.Uri, relays.Count);
+        return result with { IsTlsRelayed = true };
     }
 
     /// <summary>
@@ -117,7 +154,11 @@ public sealed class KernelAttacher
         KernelPreconditions.EnsureAdmin();
         KernelPreconditions.EnsureModuleLoaded(_sysRoot);
         var info = Discovery.GetDevice(index) ?? throw new NbdDeviceNotFoundException(index, $"{DevicePath(index)} does not exist.");
-        if (!info.IsConnected && info.Pid is null) return;
+        if (!info.IsConnected && info.Pid is null)
+        {
+            await TlsRelayRegistry.StopAsync(index, TimeSpan.Zero).ConfigureAwait(false);
+            return;
+        }
         if (info.IsInUse && !force)
             throw new NbdDeviceMountedException(index, info.MountPoints, info.Holders,
                 $"{info.Device} is in use ({Describe(info)}); unmount it first or use force (pending writes will fail).");
@@ -146,6 +187,8 @@ public sealed class KernelAttacher
         var limit = timeout ?? DefaultDisconnectWait;
         if (!await WaitUntilFreeAsync(index, info.IsInUse ? TimeSpan.FromSeconds(Math.Min(5, limit.TotalSeconds)) : limit, ct).ConfigureAwait(false) && !info.IsInUse)
             throw new NbdDeviceBusyException(index, $"{DevicePath(index)} was told to disconnect but is still configured after {limit.TotalSeconds:0.#} s; a process may hold it open.");
+        // The kernel has closed its ends: the relays forward NBD_CMD_DISC, end TLS and stop; force the stragglers.
+        await TlsRelayRegistry.StopAsync(index, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         _logger.LogInformation("Disconnected {Device}", DevicePath(index));
     }
 

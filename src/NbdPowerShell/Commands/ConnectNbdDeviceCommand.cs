@@ -12,7 +12,7 @@ namespace NbdPowerShell.Commands;
 /// </summary>
 [Cmdlet(VerbsCommunications.Connect, "NbdDevice", DefaultParameterSetName = ComputerNameSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
 [OutputType(typeof(NbdSession))]
-public sealed class ConnectNbdDeviceCommand : NbdCmdlet
+public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
 {
     private const string ComputerNameSet = "ComputerName";
     private const string SocketPathSet = "SocketPath";
@@ -95,14 +95,15 @@ public sealed class ConnectNbdDeviceCommand : NbdCmdlet
         switch (ParameterSetName)
         {
             case SocketPathSet:
-                uri = NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), ExportName);
+                uri = NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), ExportName, WantsTls);
                 break;
             case InputObjectSet:
                 if (!TryResolveInput(InputObject!, out uri!, out localExport))
                     return;
+                if (WantsTls) uri = uri.WithTls(true);
                 break;
             default:
-                uri = NbdUri.ForTcp(ComputerName, Port, ExportName);
+                uri = NbdUri.ForTcp(ComputerName, Port, ExportName, WantsTls);
                 break;
         }
 
@@ -111,7 +112,6 @@ public sealed class ConnectNbdDeviceCommand : NbdCmdlet
             return;
 
         TimeSpan? timeout = Timeout > 0 ? TimeSpan.FromSeconds(Timeout) : null;
-        var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout };
         var attachOptions = new AttachOptions
         {
             Index = index,
@@ -119,18 +119,35 @@ public sealed class ConnectNbdDeviceCommand : NbdCmdlet
             Timeout = timeout,
             DeadConnectionTimeout = MyInvocation.BoundParameters.ContainsKey(nameof(DeadConnectionTimeout)) ? TimeSpan.FromSeconds(DeadConnectionTimeout) : null,
             ReadOnly = ReadOnly,
-            BackendIdentifier = uri.ToString(),
         };
 
         TryRun(() =>
         {
+            var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout, Tls = BuildLocalOrRemoteTls(localExport) };
             var connections = Wait(NegotiateAsync(uri, localExport, clientOptions), "Connect-NbdDevice", $"Connecting to {uri}");
             var result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, attachOptions, CancelToken),
                 "Connect-NbdDevice", $"Setting up {(index is int n ? $"/dev/nbd{n}" : "an nbd device")} for {uri}");
             if (localExport is not null)
                 ExportHost.Default.RecordLocalDevice(localExport, result.Index);
-            WriteObject(SessionMapper.FromAttach(result, uri, timeout, localExport is not null));
+            if (result.IsTlsRelayed)
+                WriteVerbose($"{result.Device} reaches {connections[0].Uri} over TLS through a relay in this PowerShell process; it lives until Disconnect-NbdDevice or until the module is removed.");
+            WriteObject(SessionMapper.FromAttach(result, connections[0].Uri, timeout, localExport is not null));
         }, uri.ToString());
+    }
+
+    /// <summary>
+    /// The TLS settings: from the parameters; for an export of this process that needs TLS, TLS without a
+    /// certificate check (the peer is this process, over a socketpair) unless the parameters say more.
+    /// </summary>
+    private NbdClientTlsOptions? BuildLocalOrRemoteTls(string? localExport)
+    {
+        if (localExport is null)
+            return BuildTlsOptions();
+        var (needsTls, _) = ExportHost.Default.LocalTlsOf(localExport);
+        if (!needsTls && !WantsTls)
+            return null;
+        var tls = BuildTlsOptions(force: true)!;
+        return tls.CertificateAuthorities is null ? tls with { SkipCertificateCheck = true } : tls;
     }
 
     private async Task<IReadOnlyList<NbdNegotiatedConnection>> NegotiateAsync(NbdUri uri, string? localExport, NbdClientOptions options)

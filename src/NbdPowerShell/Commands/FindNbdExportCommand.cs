@@ -7,7 +7,7 @@ namespace NbdPowerShell.Commands;
 /// <summary>Lists a server's exports with size, description and flags (like nbd-client -l and nbdinfo --list).</summary>
 [Cmdlet(VerbsCommon.Find, "NbdExport", DefaultParameterSetName = ComputerNameSet)]
 [OutputType(typeof(NbdRemoteExport))]
-public sealed class FindNbdExportCommand : NbdCmdlet
+public sealed class FindNbdExportCommand : NbdClientCmdlet
 {
     private const string ComputerNameSet = "ComputerName";
     private const string SocketPathSet = "SocketPath";
@@ -39,11 +39,11 @@ public sealed class FindNbdExportCommand : NbdCmdlet
     protected override void ProcessRecord()
     {
         NbdUri server = ParameterSetName == SocketPathSet
-            ? NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath))
-            : NbdUri.ForTcp(ComputerName, Port);
-        var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout) };
+            ? NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), tls: WantsTls)
+            : NbdUri.ForTcp(ComputerName, Port, tls: WantsTls);
         TryRun(() =>
         {
+            var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsOptions() };
             var exports = Wait(NbdClient.ListExportsAsync(server, options, CancelToken), "Find-NbdExport", $"Listing the exports of {Describe(server)}");
             foreach (var e in exports)
                 WriteObject(ToRemote(server, e));
@@ -75,6 +75,7 @@ public sealed class FindNbdExportCommand : NbdCmdlet
             MinimumBlockSize = e.MinimumBlockSize,
             PreferredBlockSize = e.PreferredBlockSize,
             MaximumBlockSize = e.MaximumBlockSize,
+            IsTls = server.Tls,
             Uri = server.WithExportName(e.Name).ToString(),
         };
     }
