@@ -115,6 +115,20 @@ public abstract class NbdCmdlet : PSCmdlet, IDisposable
         }
     }
 
+    /// <summary>Every nbd device on the machine, or null after writing the failure as an error record.</summary>
+    protected IReadOnlyList<NbdDeviceInfo>? DiscoverDevices()
+    {
+        try
+        {
+            return NbdDeviceDiscovery.System().GetDevices();
+        }
+        catch (Exception e) when (IsExpected(e))
+        {
+            WriteNbdError(e, null);
+            return null;
+        }
+    }
+
     /// <summary>True when an exception is an expected failure the catalogue knows (so it becomes an error record).</summary>
     protected static bool IsExpected(Exception exception) =>
         exception is not PipelineStoppedException && (ErrorIds.Classify(exception) is not null || exception is NbdKernelException or IOException or TimeoutException);

@@ -28,16 +28,8 @@ public sealed class GetNbdDeviceCommand : NbdCmdlet
 
     protected override void ProcessRecord()
     {
-        IReadOnlyList<NbdDeviceInfo> devices;
-        try
-        {
-            devices = NbdDeviceDiscovery.System().GetDevices();
-        }
-        catch (Exception e) when (IsExpected(e))
-        {
-            WriteNbdError(e, null);
+        if (DiscoverDevices() is not { } devices)
             return;
-        }
         if (devices.Count == 0 && !Directory.Exists("/sys/module/nbd"))
             WriteWarning("The nbd kernel module is not loaded, so there are no nbd devices; load it as root with: modprobe nbd");
         var candidates = Free ? devices.Where(d => !d.IsConnected).ToList() : devices;

@@ -31,16 +31,8 @@ public sealed class GetNbdSessionCommand : NbdCmdlet
 
     protected override void ProcessRecord()
     {
-        IReadOnlyList<NbdDeviceInfo> devices;
-        try
-        {
-            devices = NbdDeviceDiscovery.System().GetDevices();
-        }
-        catch (Exception e) when (IsExpected(e))
-        {
-            WriteNbdError(e, null);
+        if (DiscoverDevices() is not { } devices)
             return;
-        }
         var connected = devices.Where(d => d.IsConnected).ToList();
         foreach (var info in DeviceSelection.Select(this, connected, devices, Device, ParameterSetName == IndexSet ? Index : null, "connected"))
             WriteObject(SessionMapper.ToSession(info, ExportHost.Default));
