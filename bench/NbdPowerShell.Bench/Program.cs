@@ -2,7 +2,7 @@ using System.Net;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 
-// Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH]
+// Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 if (args.Length == 0 || args[0] != "serve")
@@ -15,6 +15,7 @@ int port = 10809;
 var address = IPAddress.Loopback;
 string? unix = null;
 bool readOnly = false;
+int workers = new NbdServerOptions().WorkerThreads;
 var exports = new List<(string Name, Func<IBlockStore> Open)>();
 for (int i = 1; i < args.Length; i++)
 {
@@ -25,6 +26,7 @@ for (int i = 1; i < args.Length; i++)
         case "--address": address = IPAddress.Parse(Next()); break;
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
+        case "--workers": workers = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());
@@ -49,7 +51,7 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 
-var server = new NbdServer();
+var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers });
 foreach (var (name, open) in exports)
     server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
 var bound = server.ListenTcp(new IPEndPoint(address, port));
