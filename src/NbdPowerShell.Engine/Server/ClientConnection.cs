@@ -270,6 +270,12 @@ internal sealed class ClientConnection
         }
         while (InFlight > 0 && DateTime.UtcNow < until && !Closed.IsCompleted)
             await Task.Delay(10).ConfigureAwait(false);
+        // Every reply is written: half-close so the client reads them all and then sees EOF; a full
+        // close now could turn into RST and make the client's kernel drop replies it has not read.
+        // The client gets what is left of the grace period (at least 2 s) to read them and close.
+        _transport.ShutdownSend();
+        var closeBy = until - DateTime.UtcNow;
+        await Task.WhenAny(Closed, Task.Delay(closeBy > TimeSpan.FromSeconds(2) ? closeBy : TimeSpan.FromSeconds(2))).ConfigureAwait(false);
         _transport.Shutdown();
         // The reader wakes on the shutdown; give it a bounded time, a stuck store must not hang Stop.
         await Task.WhenAny(Closed, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
@@ -287,6 +293,10 @@ internal sealed class ClientConnection
         while (InFlight > 0 && DateTime.UtcNow < until)
             Thread.Sleep(1);
         _session?.Export.Detach(this);
+        // Replies may still sit unread at the client: FIN, then read until it closes, so the close
+        // below does not become an RST that discards them.
+        _transport.ShutdownSend();
+        _transport.DrainUntilClosed(TimeSpan.FromSeconds(1));
         (_session?.Transport ?? _transport).Dispose();
         _transport.Dispose();
         _server.Forget(this);

@@ -20,6 +20,16 @@ internal abstract class NbdTransport : IDisposable
     /// <summary>Stops both directions so a blocked reader wakes up.</summary>
     public abstract void Shutdown();
 
+    /// <summary>Sends FIN after everything already written; the peer can still be read from.</summary>
+    public abstract void ShutdownSend();
+
+    /// <summary>
+    /// Reads and discards until the peer closes or <paramref name="timeout"/> passes. Closing a
+    /// socket with unread bytes makes the kernel send RST, and an RST makes the peer's kernel drop
+    /// replies it has received but not yet read.
+    /// </summary>
+    public abstract void DrainUntilClosed(TimeSpan timeout);
+
     public abstract void Dispose();
 
     public void ReadExactly(Span<byte> buffer)

@@ -124,6 +124,30 @@ internal sealed class SocketTransport : NbdTransport
         catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
     }
 
+    public override void ShutdownSend()
+    {
+        try { _socket.Shutdown(SocketShutdown.Send); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+    }
+
+    public override void DrainUntilClosed(TimeSpan timeout)
+    {
+        var until = DateTime.UtcNow + timeout;
+        Span<byte> scratch = stackalloc byte[4096];
+        try
+        {
+            while (DateTime.UtcNow < until)
+            {
+                // Poll rather than block so a silent peer cannot hold us past the deadline.
+                if (!_socket.Poll(TimeSpan.FromMilliseconds(50), SelectMode.SelectRead))
+                    continue;
+                if (_socket.Receive(scratch, SocketFlags.None) == 0)
+                    return;
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+    }
+
     public override void Dispose()
     {
         Shutdown();

@@ -99,6 +99,10 @@ internal sealed class TlsTransport : NbdTransport
 
     public override void Shutdown() => _inner.Shutdown();
 
+    public override void ShutdownSend() => _inner.ShutdownSend();
+
+    public override void DrainUntilClosed(TimeSpan timeout) => _inner.DrainUntilClosed(timeout);
+
     public override void Dispose()
     {
         try { _stream.Dispose(); }

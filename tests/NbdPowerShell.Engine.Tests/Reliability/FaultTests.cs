@@ -145,10 +145,16 @@ public class FaultTests
                 c.Go("d");
                 started.Signal();
                 var inFlight = new Dictionary<ulong, (int Slot, byte[] Data)>();
+                // Replies come in completion order, so two writes to one slot in flight at once may
+                // finish either way round (the protocol leaves them unordered); never reuse a busy slot.
+                var busy = new HashSet<int>();
                 ulong next = 0;
                 void SendOne()
                 {
+                    while (busy.Contains((int)(next % slotsPerClient)))
+                        next++;
                     int slot = (int)(next % slotsPerClient);
+                    busy.Add(slot);
                     var data = new byte[BlockSize];
                     BinaryPrimitives.WriteUInt64BigEndian(data, next);
                     data.AsSpan(8).Fill((byte)((ulong)id * 31 + next));
@@ -163,6 +169,7 @@ public class FaultTests
                     {
                         var (error, cookie, _) = c.ReadSimpleReply();
                         Assert.True(inFlight.Remove(cookie, out var req), $"reply for unknown cookie {cookie}");
+                        busy.Remove(req.Slot);
                         if (error == NbdError.None)
                         {
                             req.Data.CopyTo(mine, req.Slot * BlockSize);
@@ -214,8 +221,11 @@ public class FaultTests
                 var want = acked[id].AsSpan(slot * BlockSize, BlockSize);
                 if (want.IndexOfAnyExcept((byte)0) < 0)
                     continue;
-                Assert.True(want.SequenceEqual(onDisk.AsSpan((id * slotsPerClient + slot) * BlockSize, BlockSize)),
-                    $"client {id} slot {slot}: an acknowledged write is missing");
+                var have = onDisk.AsSpan((id * slotsPerClient + slot) * BlockSize, BlockSize);
+                ulong haveCookie = BinaryPrimitives.ReadUInt64BigEndian(have);
+                int client = id;
+                Assert.True(want.SequenceEqual(have),
+                    $"client {id} slot {slot}: an acknowledged write is missing (acknowledged write {BinaryPrimitives.ReadUInt64BigEndian(want)}, the file holds write {haveCookie}, which was {(lost.Any(l => l.Client == client && BinaryPrimitives.ReadUInt64BigEndian(l.Data) == haveCookie) ? "never answered" : "answered with an error")})");
             }
         }
         // A request without a reply must not have been carried out either: the server either answers
