@@ -252,7 +252,27 @@ internal sealed class ExportHost
         if (hosted is null)
             throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served by this process; Get-NbdExport lists them.");
         var last = Describe(hosted);
-        await hosted.Listening.Server.RemoveExportAsync(hosted.Request.Name, force, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await hosted.Listening.Server.RemoveExportAsync(hosted.Request.Name, force, cancellationToken).ConfigureAwait(false);
+        }
+        catch (NbdServerException e) when (e.Reason == NbdServerError.ExportNotFound)
+        {
+            // Already gone from the server (an earlier, interrupted stop): just finish the bookkeeping.
+        }
+        catch (OperationCanceledException)
+        {
+            // The server finishes removing it in the background; forget it here so the name is free.
+            Forget(hosted, waitForListener: false).GetAwaiter().GetResult();
+            throw;
+        }
+        await Forget(hosted, waitForListener: true).ConfigureAwait(false);
+        return Copy(last, "Stopped", 0);
+    }
+
+    /// <summary>Drops a stopped export from the host; the listener stops with its last export.</summary>
+    private async Task Forget(Hosted hosted, bool waitForListener)
+    {
         bool stopServer;
         lock (_gate)
         {
@@ -260,10 +280,13 @@ internal sealed class ExportHost
             hosted.Listening.Exports.Remove(hosted.Request.Name);
             stopServer = hosted.Listening.Exports.Count == 0 && _servers.Remove(hosted.Listening.Key);
         }
-        if (stopServer)
-            await hosted.Listening.Server.StopAsync().ConfigureAwait(false);
         hosted.Stopped.TrySetResult();
-        return Copy(last, "Stopped", 0);
+        if (stopServer)
+        {
+            var stop = hosted.Listening.Server.StopAsync();
+            if (waitForListener)
+                await stop.ConfigureAwait(false);
+        }
     }
 
     /// <summary>Completes when the export stops; already completed when no such export exists.</summary>

@@ -130,7 +130,16 @@ public sealed class KernelAttacher
                 }
             }
             _logger.LogInformation("Attached {Device} ({Mode}, {Size} bytes, block size {BlockSize}, {Count} connection(s))", DevicePath(index), mode, size, blockSize, sockets.Count);
-            await WaitUntilReadyAsync(index, size, session, options.ReadyTimeout, ct).ConfigureAwait(false);
+            try
+            {
+                await WaitUntilReadyAsync(index, size / blockSize * blockSize, session, options.ReadyTimeout, ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                // The kernel has the sockets: a failed or cancelled wait must not leave nbdN attached.
+                UndoAttach(index, mode, session);
+                throw;
+            }
             return new AttachResult
             {
                 Index = index, Mode = mode, Size = size, BlockSize = blockSize, Connections = sockets.Count,
@@ -282,6 +291,25 @@ public sealed class KernelAttacher
         if (fl >= 0 && (fl & Libc.O_NONBLOCK) != 0) Libc.Fcntl(fd, Libc.F_SETFL, fl & ~Libc.O_NONBLOCK);
     }
 
+    private void UndoAttach(int index, AttachMode mode, IoctlSession? session)
+    {
+        try
+        {
+            if (session != null)
+                session.RequestDisconnect();
+            else if (mode == AttachMode.Netlink)
+            {
+                using var family = OpenFamily();
+                family?.Disconnect(index);
+            }
+        }
+        catch (Exception e) when (e is NbdKernelException or IOException)
+        {
+            _logger.LogWarning("Could not undo the attach of {Device}: {Message}", DevicePath(index), e.Message);
+        }
+    }
+
+    /// <param name="size">The size the kernel will show: the export's size rounded down to the block size.</param>
     private async Task WaitUntilReadyAsync(int index, long size, IoctlSession? session, TimeSpan limit, CancellationToken ct)
     {
         string dir = Path.Combine(_sysRoot, "block", $"nbd{index}");

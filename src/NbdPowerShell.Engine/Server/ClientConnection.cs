@@ -93,20 +93,38 @@ internal sealed class ClientConnection
         }
     }
 
+    private const int Negotiating = 0, Negotiated = 1, Expired = 2;
+    private int _handshakeState;
+    // The transport negotiation ended on (the TLS one after STARTTLS), disposed on close.
+    private NbdTransport? _negotiatedTransport;
+
     private NegotiatedSession? Negotiate()
     {
-        // The deadline closes the socket under a client that stalls mid-handshake.
+        // The deadline closes the socket under a client that stalls mid-handshake. Finishing and
+        // expiring race for one state change, so a client that completes just in time is not dropped.
         using var deadline = new Timer(_ =>
         {
-            if (_session == null)
+            if (Interlocked.CompareExchange(ref _handshakeState, Expired, Negotiating) == Negotiating)
             {
                 _log.LogInformation("Client {Client} did not finish negotiating in time; dropping it", ClientAddress);
                 _transport.Shutdown();
             }
         }, null, _server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
         var negotiator = new OptionNegotiator(_server, this, _transport, new BufferedReader(_transport), _log);
-        var session = negotiator.Run();
-        deadline.Change(Timeout.Infinite, Timeout.Infinite);
+        NegotiatedSession? session;
+        try
+        {
+            session = negotiator.Run();
+        }
+        finally
+        {
+            _negotiatedTransport = negotiator.Transport;
+        }
+        if (Interlocked.CompareExchange(ref _handshakeState, Negotiated, Negotiating) != Negotiating)
+        {
+            session?.Export.Detach(this);
+            return null;
+        }
         return session;
     }
 
@@ -297,7 +315,7 @@ internal sealed class ClientConnection
         // below does not become an RST that discards them.
         _transport.ShutdownSend();
         _transport.DrainUntilClosed(TimeSpan.FromSeconds(1));
-        (_session?.Transport ?? _transport).Dispose();
+        (_session?.Transport ?? _negotiatedTransport ?? _transport).Dispose();
         _transport.Dispose();
         _server.Forget(this);
         _closed.TrySetResult();

@@ -57,14 +57,25 @@ public sealed class NbdServer : IAsyncDisposable
     {
         if (!_exports.TryGetValue(name, out var export))
             throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served here.");
-        if (export.ConnectionCount > 0 && !force)
+        if (!export.TryMarkRemoved(force, out var attached))
             throw new NbdServerException(NbdServerError.ExportBusy,
-                $"Export '{name}' has {export.ConnectionCount} connected client(s); disconnect them or use -Force.");
+                $"Export '{name}' has {attached.Length} connected client(s); disconnect them or use -Force.");
         _exports.TryRemove(name, out _);
-        var attached = export.MarkRemoved();
-        await Task.WhenAll(attached.Select(c => c.StopAsync(Options.StopGracePeriod))).WaitAsync(cancellationToken).ConfigureAwait(false);
-        export.Store.Dispose();
+        // The drain and the disposal run to the end even if the caller stops waiting (Ctrl+C):
+        // abandoning them would leave the store's file open and its clients half-stopped.
+        var drained = DrainAndDisposeAsync(export.Store, attached);
+        await drained.WaitAsync(cancellationToken).ConfigureAwait(false);
         _log.LogInformation("Stopped serving export '{Name}'", name);
+    }
+
+    /// <summary>Stops connections gracefully, waits (bounded) until they have closed, then disposes the store.</summary>
+    private async Task DrainAndDisposeAsync(Storage.IBlockStore store, IReadOnlyCollection<ClientConnection> connections)
+    {
+        await Task.WhenAll(connections.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
+        // A connection finishes its in-flight requests before Closed completes; disposing the store
+        // earlier would fail them with EIO.
+        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        store.Dispose();
     }
 
     public bool HasExport(string name) => _exports.ContainsKey(name);
@@ -199,7 +210,9 @@ public sealed class NbdServer : IAsyncDisposable
         }
         foreach (var listener in listeners)
             listener.Dispose();
-        await Task.WhenAll(_connections.Values.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
+        var connections = _connections.Values.ToArray();
+        await Task.WhenAll(connections.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
+        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
         foreach (var export in _exports.Values)
             export.Store.Dispose();
         _exports.Clear();

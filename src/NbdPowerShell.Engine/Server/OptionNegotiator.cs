@@ -29,6 +29,9 @@ internal sealed class OptionNegotiator
     private bool _baseAllocationSelected;
     private string? _metaContextExport;
 
+    /// <summary>The transport in use now: the TLS one once STARTTLS succeeded.</summary>
+    public NbdTransport Transport => _transport;
+
     public OptionNegotiator(NbdServer server, ClientConnection connection, NbdTransport transport, BufferedReader reader, ILogger log)
     {
         _server = server;

@@ -66,12 +66,21 @@ internal sealed class ServedExport
     public bool Removed => Volatile.Read(ref _removed) != 0;
     private int _removed;
 
-    /// <summary>Marks the export removed and returns the connections that attached before.</summary>
-    public ClientConnection[] MarkRemoved()
+    /// <summary>
+    /// Marks the export removed and returns the connections that attached before. Without
+    /// <paramref name="force"/> it refuses (returning the connected clients) when any are attached;
+    /// the check and the flag share the lock TryAttach uses, so no GO slips in between.
+    /// </summary>
+    public bool TryMarkRemoved(bool force, out ClientConnection[] attached)
     {
-        Volatile.Write(ref _removed, 1);
         lock (_connections)
-            return _connections.Values.ToArray();
+        {
+            attached = _connections.Values.ToArray();
+            if (attached.Length > 0 && !force)
+                return false;
+            Volatile.Write(ref _removed, 1);
+            return true;
+        }
     }
 
     /// <summary>Takes a connection slot, honouring MaxConnections; fails once the export is being removed.</summary>

@@ -18,10 +18,36 @@ internal sealed class SocketTransport : NbdTransport
     {
         _socket = socket;
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
+        {
             socket.NoDelay = true;
+            EnableDeadPeerDetection(socket);
+        }
     }
 
     public Socket Socket => _socket;
+
+    /// <summary>
+    /// A peer that vanishes without FIN or RST (power loss, partition) would otherwise hold its
+    /// connection slot forever and block a reply send for the kernel's ~15 minute retransmit limit.
+    /// Keepalives find an idle dead peer in about two minutes; TCP_USER_TIMEOUT bounds unacknowledged sends.
+    /// </summary>
+    private static void EnableDeadPeerDetection(Socket socket)
+    {
+        const int IPPROTO_TCP = 6, TCP_USER_TIMEOUT = 18;
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, 60);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, 10);
+            socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, 6);
+            if (OperatingSystem.IsLinux())
+                socket.SetRawSocketOption(IPPROTO_TCP, TCP_USER_TIMEOUT, BitConverter.GetBytes(120_000));
+        }
+        catch (SocketException)
+        {
+            // Best effort: a platform without these options still serves.
+        }
+    }
 
     public override EndPoint? RemoteEndPoint
     {

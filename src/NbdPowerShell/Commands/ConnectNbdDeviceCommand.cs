@@ -125,8 +125,19 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         {
             var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout, Tls = BuildLocalOrRemoteTls(localExport) };
             var connections = Wait(NegotiateAsync(uri, localExport, clientOptions), "Connect-NbdDevice", $"Connecting to {uri}");
-            var result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, attachOptions, CancelToken),
-                "Connect-NbdDevice", $"Setting up {(index is int n ? $"/dev/nbd{n}" : "an nbd device")} for {uri}");
+            AttachResult result;
+            try
+            {
+                result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, attachOptions, CancelToken),
+                    "Connect-NbdDevice", $"Setting up {(index is int n ? $"/dev/nbd{n}" : "an nbd device")} for {uri}");
+            }
+            finally
+            {
+                // Connections the attach took over are detached already; the rest (on failure) close here,
+                // so a local export's connection slots are free for a retry.
+                foreach (var c in connections)
+                    c.Dispose();
+            }
             if (localExport is not null)
                 ExportHost.Default.RecordLocalDevice(localExport, result.Index);
             if (result.IsTlsRelayed)
