@@ -67,6 +67,42 @@ public sealed class ExportHostTests : IDisposable
     }
 
     [Fact]
+    public void CtrlCDuringAForcedStopStillFreesTheNameAndTheFile()
+    {
+        string dir = Directory.CreateTempSubdirectory("nbdps-stop-").FullName;
+        string path = Path.Combine(dir, "disk.img");
+        File.WriteAllBytes(path, new byte[1 << 20]);
+        try
+        {
+            _host.Start(new ExportRequest { Name = "held", Path = path, Port = 0 });
+            var a = _host.GetExport("held")!;
+            var connection = NbdClient.ConnectAsync("127.0.0.1", a.Port, "held").GetAwaiter().GetResult();
+            WaitFor(() => _host.GetExport("held")!.ClientCount == 1);
+
+            // The idle client keeps the drain waiting; Ctrl+C arrives in the middle of it.
+            using var ctrlC = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+            Assert.ThrowsAny<OperationCanceledException>(() => _host.StopAsync("held", force: true, ctrlC.Token).GetAwaiter().GetResult());
+
+            Assert.Null(_host.GetExport("held"));
+            _host.Start(Memory("held")); // the name is free again
+            connection.Dispose();
+            // The interrupted drain still finishes in the background and closes the file.
+            WaitFor(() => OpenDescriptorsOn(path) == 0);
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    private static int OpenDescriptorsOn(string path) =>
+        Directory.GetFiles("/proc/self/fd").Count(fd =>
+        {
+            try { return new FileInfo(fd).LinkTarget == path; }
+            catch (IOException) { return false; }
+        });
+
+    [Fact]
     public void StopOfAnUnknownExportIsExportNotFound()
     {
         var e = Assert.ThrowsAny<Exception>(() => _host.StopAsync("nope", false).GetAwaiter().GetResult());
