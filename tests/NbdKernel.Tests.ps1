@@ -20,6 +20,7 @@ Describe 'Kernel attach' -Tag 'Kernel' -Skip:(-not $NbdTest.KernelReady) {
         $session.Device | Should -Match '^/dev/nbd\d+$'
         $session.Size | Should -Be 256MB
         $session.IsServedByThisProcess | Should -BeTrue
+        $session.Mode | Should -Be 'Netlink'
 
         mkfs.ext4 -q -F $session.Device
         $LASTEXITCODE | Should -Be 0
@@ -38,6 +39,7 @@ Describe 'Kernel attach' -Tag 'Kernel' -Skip:(-not $NbdTest.KernelReady) {
         $listed = Get-NbdSession -Device $session.Device
         $listed.ExportName | Should -Be 'kdisk'
         $listed.IsConnected | Should -BeTrue
+        $listed.Mode | Should -Be 'Netlink'
         Get-NbdSession | Where-Object IsServedByThisProcess | Disconnect-NbdDevice -Confirm:$false
         Get-NbdSession -Device "$($session.Device)*" | Should -BeNullOrEmpty
     }

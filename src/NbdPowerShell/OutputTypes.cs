@@ -104,6 +104,8 @@ public sealed class NbdSession
     public bool IsTlsRelayed { get; init; }
     /// <summary>Plain, TLS relay (this process), or TLS relay (another process).</summary>
     public string Transport { get; init; } = "Plain";
+    /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
+    public string? Mode { get; init; }
 
     public override string ToString() => Device;
 }

@@ -46,6 +46,7 @@ internal static partial class SessionMapper
             IsTls = uri?.Tls == true || TlsRelayRegistry.IsRelayed(info.Index),
             IsTlsRelayed = TlsRelayRegistry.IsRelayed(info.Index),
             Transport = TransportOf(info.Index, uri?.Tls == true),
+            Mode = info.Mode?.ToString(),
         };
     }
 
@@ -87,5 +88,6 @@ internal static partial class SessionMapper
         IsTls = uri.Tls || result.IsTlsRelayed,
         IsTlsRelayed = result.IsTlsRelayed,
         Transport = result.IsTlsRelayed ? RelayedHere : "Plain",
+        Mode = result.Mode.ToString(),
     };
 }

@@ -305,12 +305,14 @@ public sealed class SessionMapperTests
         {
             Device = "/dev/nbd2", Index = 2, IsConnected = true, Size = 1 << 30, BlockSize = 4096, IsReadOnly = true,
             BackendIdentifier = "nbd://nas01:10810/backup", Connections = 2, TimeoutSeconds = 30, MountPoints = ["/mnt/b"],
+            Mode = AttachMode.Netlink,
         };
         var s = SessionMapper.ToSession(info);
         Assert.Equal(("/dev/nbd2", 2, "nas01", 10810, "backup"), (s.Device, s.Index, s.ComputerName, s.Port, s.ExportName));
         Assert.Equal("nbd://nas01:10810/backup", s.Uri);
         Assert.Equal(["/mnt/b"], s.MountPoints);
         Assert.Equal((2, 30, true, true), (s.Connections!.Value, s.Timeout!.Value, s.IsReadOnly, s.IsConnected));
+        Assert.Equal("Netlink", s.Mode);
     }
 
     [Fact]
@@ -319,6 +321,7 @@ public sealed class SessionMapperTests
         var s = SessionMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false });
         Assert.Null(s.ComputerName);
         Assert.Null(s.Uri);
+        Assert.Null(s.Mode);
         var d = SessionMapper.ToDevice(new NbdDeviceInfo { Device = "/dev/nbd1", Index = 1, IsConnected = false, Size = 0, BlockSize = 0, IsReadOnly = false });
         Assert.Equal("Free", d.State);
     }
