@@ -283,7 +283,7 @@ internal sealed class ExportHost
         hosted.Stopped.TrySetResult();
         if (stopServer)
         {
-            var stop = hosted.Listening.Server.StopAsync();
+            var stop = SafeStopAsync(hosted.Listening.Server);
             if (waitForListener)
                 await stop.ConfigureAwait(false);
         }

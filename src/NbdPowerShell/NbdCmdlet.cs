@@ -18,7 +18,15 @@ public abstract class NbdCmdlet : PSCmdlet, IDisposable
     /// <summary>Cancelled when the user presses Ctrl+C or the pipeline stops.</summary>
     protected CancellationToken CancelToken => _cancel.Token;
 
-    protected override void BeginProcessing() => DrainEngineLog();
+    /// <summary>Kernel-facing cmdlets set this: BeginProcessing then ends with NbdPlatformNotSupported off Linux.</summary>
+    protected virtual bool LinuxOnly => false;
+
+    protected override void BeginProcessing()
+    {
+        if (LinuxOnly)
+            RequireLinux();
+        DrainEngineLog();
+    }
 
     protected override void EndProcessing() => DrainEngineLog();
 

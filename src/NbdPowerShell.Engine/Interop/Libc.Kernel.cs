@@ -16,9 +16,6 @@ internal static partial class Libc
     /// <summary>_IO(0x12, 93): set a block device read-only (int* argument).</summary>
     public const uint BLKROSET = 0x125D;
 
-    [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int Open(string path, int flags);
-
     [LibraryImport(Lib, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);
 

@@ -37,8 +37,6 @@ internal static partial class Libc
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial nint sendmsg(int sockfd, MsgHdr* msg, int flags);
 
-    [LibraryImport(Lib, SetLastError = true)]
-    public static unsafe partial int poll(PollFd* fds, nuint nfds, int timeout);
 }
 
 internal static partial class Libc

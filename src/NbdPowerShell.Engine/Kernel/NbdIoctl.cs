@@ -19,7 +19,7 @@ internal static class NbdIoctl
     /// <summary>Opens /dev/nbdN read-write; maps the usual failures to typed exceptions.</summary>
     public static int OpenDevice(string devicePath, int index)
     {
-        int fd = Libc.Open(devicePath, Libc.O_RDWR | Libc.O_CLOEXEC);
+        int fd = Libc.Open(devicePath, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
         if (fd >= 0) return fd;
         int errno = Libc.LastErrno;
         throw errno switch

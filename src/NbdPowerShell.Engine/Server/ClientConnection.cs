@@ -46,7 +46,6 @@ internal sealed class ClientConnection
     public EndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public DateTimeOffset ConnectedAt { get; } = DateTimeOffset.UtcNow;
     public IoCounters Counters { get; } = new();
-    public ServedExport? Export => _session?.Export;
     public Task Closed => _closed.Task;
     public bool InTransmission => _session != null;
     private int InFlight => _maxInFlight - _slots.CurrentCount;
@@ -299,8 +298,6 @@ internal sealed class ClientConnection
         await Task.WhenAny(Closed, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
     }
 
-    /// <summary>Drops the connection now (used for forced removal and for clients past the deadline).</summary>
-    public void Abort() => _transport.Shutdown();
 
     private void Close()
     {

@@ -78,8 +78,6 @@ public sealed class NbdServer : IAsyncDisposable
         store.Dispose();
     }
 
-    public bool HasExport(string name) => _exports.ContainsKey(name);
-
     public IReadOnlyList<ExportSnapshot> GetExports() =>
         _exports.Values.Select(e => e.Snapshot()).OrderBy(e => e.Name, StringComparer.Ordinal).ToArray();
 

@@ -31,15 +31,4 @@ internal abstract class NbdTransport : IDisposable
     public abstract void DrainUntilClosed(TimeSpan timeout);
 
     public abstract void Dispose();
-
-    public void ReadExactly(Span<byte> buffer)
-    {
-        while (!buffer.IsEmpty)
-        {
-            int n = Read(buffer);
-            if (n == 0)
-                throw new EndOfStreamException("The peer closed the connection.");
-            buffer = buffer[n..];
-        }
-    }
 }

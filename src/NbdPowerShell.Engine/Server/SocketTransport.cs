@@ -104,7 +104,7 @@ internal sealed class SocketTransport : NbdTransport
                         {
                             // The runtime may have made the descriptor non-blocking; wait for room.
                             var pfd = new Libc.PollFd { Fd = fd, Events = Libc.POLLOUT };
-                            Libc.poll(&pfd, 1, 1000);
+                            Libc.Poll(&pfd, 1, 1000);
                             continue;
                         }
                         throw new IOException($"send failed: {Libc.StrError(errno)}", errno);

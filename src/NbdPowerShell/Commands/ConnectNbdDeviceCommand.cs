@@ -70,11 +70,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     [ValidateRange(1, 16)]
     public int Connections { get; set; } = 1;
 
-    protected override void BeginProcessing()
-    {
-        RequireLinux();
-        base.BeginProcessing();
-    }
+    protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
     {

@@ -39,11 +39,7 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
     [ValidateRange(1, 3600)]
     public int Timeout { get; set; } = 30;
 
-    protected override void BeginProcessing()
-    {
-        RequireLinux();
-        base.BeginProcessing();
-    }
+    protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
     {

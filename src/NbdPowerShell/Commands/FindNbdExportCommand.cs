@@ -30,11 +30,7 @@ public sealed class FindNbdExportCommand : NbdClientCmdlet
     [ValidateRange(1, 3600)]
     public int Timeout { get; set; } = 30;
 
-    protected override void BeginProcessing()
-    {
-        RequireLinux();
-        base.BeginProcessing();
-    }
+    protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
     {

@@ -20,11 +20,7 @@ public sealed class GetNbdDeviceCommand : NbdCmdlet
     [Parameter]
     public SwitchParameter Free { get; set; }
 
-    protected override void BeginProcessing()
-    {
-        RequireLinux();
-        base.BeginProcessing();
-    }
+    protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
     {

@@ -23,11 +23,7 @@ public sealed class GetNbdSessionCommand : NbdCmdlet
     [ValidateRange(0, int.MaxValue)]
     public int[] Index { get; set; } = [];
 
-    protected override void BeginProcessing()
-    {
-        RequireLinux();
-        base.BeginProcessing();
-    }
+    protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
     {
