@@ -1,5 +1,6 @@
 # Dot-sourced at the top of every *.Tests.ps1 (so it also runs during Pester's Discovery phase).
 # Imports the BUILT module from out/NbdPowerShell and defines shared helpers.
+. (Join-Path $PSScriptRoot 'PwshProcess.ps1')
 $global:NbdModulePath = [IO.Path]::GetFullPath([IO.Path]::Combine($PSScriptRoot, '..', 'out', 'NbdPowerShell', 'NbdPowerShell.psd1'))
 if (-not (Get-Module NbdPowerShell)) {
     Import-Module $global:NbdModulePath -Force -ErrorAction Stop
