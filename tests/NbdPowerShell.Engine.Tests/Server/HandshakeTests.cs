@@ -263,8 +263,9 @@ public class HandshakeTests
         var server = await ServerWith("a");
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         c.Greet();
+        // StopAsync raises the stop flag before its first await: the next option is refused, no waiting needed.
         var stop = server.DisposeAsync().AsTask();
-        await Task.Delay(50);
+        Assert.True(server.Server.IsStopping);
         c.SendOption(NbdOption.List, default);
         var reply = c.ReadOptionReply();
         Assert.Equal(NbdOptionReplyType.ErrShutdown, reply.Type);
@@ -302,7 +303,8 @@ public class HandshakeTests
         // When the first leaves, the slot is free again.
         first.SendRequest(NbdCommand.Disconnect, 0, 0);
         Assert.True(first.WaitForClose());
-        await Task.Delay(100);
+        // The server frees the slot when it has closed its side, which may come after the client sees EOF.
+        Assert.True(ProcessProbe.WaitUntil(() => server.Server.GetExport("one")!.Connections.Count == 0, TimeSpan.FromSeconds(30)));
         second.SendOption(NbdOption.Go, RawNbdClient.InfoData("one"));
         Assert.Equal(NbdOptionReplyType.Ack, second.ReadOptionReplies()[^1].Type);
     }

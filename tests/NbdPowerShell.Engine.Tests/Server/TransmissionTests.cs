@@ -303,16 +303,20 @@ public class TransmissionTests
     [Fact]
     public async Task Graceful_stop_fails_new_requests_with_ESHUTDOWN_and_closes()
     {
-        var server = new TestServer(new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(2) });
+        // The grace period only bounds how long the stop waits for the held read; the stop ends as soon as it is
+        // answered, so a long one costs nothing and cannot expire while a loaded machine gets to gate.Set().
+        var server = new TestServer(new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(60) });
         var store = server.Add("d", new ArrayBlockStore(Size));
+        var reading = new ManualResetEventSlim();
         var gate = new ManualResetEventSlim();
-        store.Fault = op => { if (op == "read") gate.Wait(5000); return null; };
+        store.Fault = op => { if (op == "read") { reading.Set(); gate.Wait(TimeSpan.FromSeconds(60)); } return null; };
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         c.Go("d");
         c.SendRequest(NbdCommand.Read, 0, 512, cookie: 1);
-        await Task.Delay(100);
+        Assert.True(reading.Wait(TimeSpan.FromSeconds(30)), "the first read never reached the store");
+        // StopAsync raises the stop flag before its first await, so requests sent after this line are refused.
         var stop = server.DisposeAsync().AsTask();
-        await Task.Delay(100);
+        Assert.True(server.Server.IsStopping);
         c.SendRequest(NbdCommand.Read, 0, 512, cookie: 2);
         var shut = c.ReadSimpleReply();
         Assert.Equal((NbdError.Shutdown, 2UL), (shut.Error, shut.Cookie));
@@ -320,6 +324,8 @@ public class TransmissionTests
         var inFlight = c.ReadSimpleReply(512);
         Assert.Equal((NbdError.None, 1UL), (inFlight.Error, inFlight.Cookie));
         Assert.True(c.WaitForClose());
+        // The server waits for the client's close (within the grace period) before it finishes stopping.
+        c.Dispose();
         await stop;
         Assert.True(store.Disposed);
     }
