@@ -48,7 +48,8 @@ stop_stress() {
 trap 'stop_stress; [ "$keep" = 1 ] || rm -rf "$work"' EXIT
 trap 'echo "interrupted"; exit 130' INT TERM
 
-echo "flake hunt: $runs run(s) of tools/test.sh on $commit, stress-ng --cpu $stress, kernel runner ${NBD_VM_RUNNER:-none}"
+load="no extra load"; [ "$stress" = 0 ] || load="beside stress-ng --cpu $stress"
+echo "flake hunt: $runs run(s) of tools/test.sh on $commit, $load, kernel runner ${NBD_VM_RUNNER:-none}"
 echo "keeping results in $out"
 for k in $(seq 1 "$runs"); do
     clone=$work/run-$k

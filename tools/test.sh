@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# The one command that runs every test: the xunit projects of the solution (kernel tests directly, or inside
-# $NBD_VM_RUNNER, or on the host where they skip with a reason) and the Pester suite (tools/PesterTest.ps1,
-# with the pwsh on PATH or the repository's PowerShell .NET tool).
-# Every runner writes a result file (TRX, NUnit XML) into out/test-results; the summary is counted from those
-# files by tools/TestSummary, and a missing or unreadable file counts as a failure. New test projects (any
-# project of the solution with <IsTestProject>true</IsTestProject>) and new tests/*.Tests.ps1 files are picked
-# up without edits here.
+# The one command that runs every test: the xunit projects of the solution and the Pester suite, each in a host
+# part and a kernel part. The kernel part (xunit Category=Kernel, Pester tag Kernel) runs directly as root with the
+# nbd module, otherwise inside $NBD_VM_RUNNER (one VM boot for both), otherwise on the host, where its tests skip
+# with a reason. It runs beside the host parts, against a snapshot of the built module.
+# PowerShell is the pwsh on PATH or the repository's .NET tool (tools/pwsh); Pester 5.9.1 is restored from NuGet.
+# Every runner writes a result file (TRX, NUnit XML) into out/test-results; tools/TestSummary counts those files,
+# and a missing or unreadable one counts as a failure. New test projects (any project of the solution with
+# <IsTestProject>true</IsTestProject>) and new tests/*.Tests.ps1 files are picked up without edits here.
 # Ends with one line: "N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 results=$root/out/test-results
-rm -rf "$results"; mkdir -p "$results"
+rm -rf "$results" "$root/out/test-module"; mkdir -p "$results"
 export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1
 
 expected=()       # result files that must exist after the runs
 runner_errors=0   # runners that exited non-zero (checked against the result files at the end)
 extra_failed=0; extra_skipped=0
+kernel_pid=
+trap '[ -z "$kernel_pid" ] || kill "$kernel_pid" 2>/dev/null' EXIT
+section() { echo "== $* [${SECONDS}s]"; }
 
-echo "== build"
+section "build"
 dotnet build NbdPowerShell.sln -c Release -nologo -v q 2>&1 | tee "$results/build.log" | grep -E 'error|warn|Elapsed'
 if [ "${PIPESTATUS[0]}" != 0 ]; then
     echo "build failed: see $results/build.log"; echo "0 passed, 1 failed, 0 skipped"; exit 1
@@ -35,9 +39,35 @@ while IFS= read -r p; do
     if grep -rqs --include='*.cs' 'Trait("Category", "Kernel")' "$(dirname "$p")"; then kernel_projects+=("$p"); fi
 done < <(dotnet sln NbdPowerShell.sln list)
 
+section "PowerShell and Pester"
+pwsh=()
+if pwsh_command=$(tools/pwsh --print-command 2>"$results/pwsh-restore.log"); then
+    mapfile -t pwsh <<<"$pwsh_command"
+    echo "pwsh: ${pwsh[*]}"
+    if dotnet restore tools/Pester/Pester.csproj -v q >>"$results/pwsh-restore.log" 2>&1 &&
+       PESTER_MODULE_PATH=$(dotnet msbuild tools/Pester/Pester.csproj -nologo -getProperty:PesterModulePath) &&
+       [ -f "$PESTER_MODULE_PATH/Pester.psd1" ]; then
+        export PESTER_MODULE_PATH
+        echo "Pester: $PESTER_MODULE_PATH"
+    else
+        pwsh=()
+    fi
+fi
+if [ "${#pwsh[@]}" = 0 ]; then
+    cat "$results/pwsh-restore.log"
+    n=$(grep -rhoE '^\s*It ' tests --include='*.Tests.ps1' | wc -l)
+    if [ "${CI:-}" = true ]; then
+        echo "Pester: FAILED: PowerShell or Pester could not be restored ($n tests not run)"
+        extra_failed=$((extra_failed + 1))
+    else
+        echo "Pester: skipped: pwsh not installed and PowerShell or Pester could not be restored ($n tests not run)"
+        extra_skipped=$((extra_skipped + n))
+    fi
+fi
+
 # dotnet test of each project named after "--", one TRX per project in $R named $PREFIX-<project>.trx.
 # A hung test host is killed after $HANG (its TRX then says the run was aborted, which counts as a failure).
-# Kept as a script so that it runs the same here and inside the VM.
+# A script, so that it runs the same here and inside the VM.
 xunit_loop='st=0
 for p in "$@"; do
     n=$(basename "$p" .csproj)
@@ -46,55 +76,62 @@ for p in "$@"; do
         --blame-hang-timeout "$HANG" --blame-hang-dump-type none || st=1
 done
 exit $st'
-xunit_console='^\s+(Failed|Skipped) |^Total tests|^ +(Passed|Failed|Skipped): |error|nbd-vm'
+console_lines='^\s+(Failed|Skipped) |^Total tests|^ +(Passed|Failed|Skipped): |error|nbd-vm|^Pester |^\s*\[-\]|^Describing'
 
-echo "== engine and contract tests (xunit)"
+# The kernel part: xunit, then Pester. The module it imports is a snapshot, because the host part's package test
+# rebuilds out/NbdPowerShell.
+kernel_script=$xunit_loop
+kernel_script=${kernel_script%exit \$st}
+kernel_script+='if [ -n "$PWSH_COMMAND" ]; then
+    mapfile -t pwsh <<<"$PWSH_COMMAND"
+    "${pwsh[@]}" -NoProfile -NonInteractive -File tools/PesterTest.ps1 -Part Kernel -ResultDirectory "$R" || st=1
+fi
+exit $st'
+cp -r "$root/out/NbdPowerShell" "$root/out/test-module"
+for p in "${kernel_projects[@]}"; do expected+=("$results/kernel-$(basename "$p" .csproj).trx"); done
+[ "${#pwsh[@]}" = 0 ] || expected+=("$results/pester-kernel.xml")
+kernel_env=(R="$results" PREFIX=kernel FILTER='Category=Kernel' NBD_KERNEL_TESTS=1
+            NBD_TEST_MODULE="$root/out/test-module/NbdPowerShell.psd1" PWSH_COMMAND="$pwsh_command")
+[ "${#pwsh[@]}" != 0 ] || kernel_env+=(PWSH_COMMAND=)
+if [ "$(id -u)" = 0 ] && [ -e /sys/module/nbd ]; then
+    kernel_where="here (root, nbd module loaded)"
+    kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+elif [ -n "${NBD_VM_RUNNER:-}" ]; then
+    kernel_where="inside $NBD_VM_RUNNER"
+    # .NET runs 20-30x slower in the emulated guest. Its HOME may differ: dotnet gets a writable one, and pwsh
+    # and Pester are passed as absolute paths.
+    kernel_run=("$NBD_VM_RUNNER" --timeout 3600 -- env "${kernel_env[@]}" HANG=40m HOME=/tmp DOTNET_CLI_HOME=/tmp
+                bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+else
+    kernel_where="on the host, where they skip: no nbd module here (or not root) and NBD_VM_RUNNER is not set"
+    kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+fi
+section "kernel tests (xunit and Pester) started in the background, $kernel_where"
+"${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
+kernel_pid=$!
+
+section "engine and contract tests (xunit)"
 for p in "${test_projects[@]}"; do expected+=("$results/unit-$(basename "$p" .csproj).trx"); done
 R=$results PREFIX=unit FILTER='Category!=Kernel' HANG=10m bash -c "$xunit_loop" xunit "${test_projects[@]}" 2>&1 |
-    tee "$results/unit.log" | grep -E "$xunit_console"
+    tee "$results/unit.log" | grep -E "$console_lines"
 [ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
 
-echo "== kernel tests (xunit)"
-for p in "${kernel_projects[@]}"; do expected+=("$results/kernel-$(basename "$p" .csproj).trx"); done
-kernel_env=(R="$results" PREFIX=kernel FILTER='Category=Kernel' NBD_KERNEL_TESTS=1)
-if [ "${#kernel_projects[@]}" = 0 ]; then
-    echo "no test project holds kernel tests"
-    kernel_run=(true)
-elif [ "$(id -u)" = 0 ] && [ -e /sys/module/nbd ]; then
-    kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$xunit_loop" xunit "${kernel_projects[@]}")
-elif [ -n "${NBD_VM_RUNNER:-}" ]; then
-    echo "running kernel tests inside $NBD_VM_RUNNER"
-    # .NET runs 20-30x slower in the emulated guest; its HOME may differ, so dotnet gets a writable one.
-    kernel_run=("$NBD_VM_RUNNER" --timeout 2400 -- env "${kernel_env[@]}" HANG=30m HOME=/tmp DOTNET_CLI_HOME=/tmp
-                bash -c "$xunit_loop" xunit "${kernel_projects[@]}")
-else
-    echo "kernel tests run on the host and skip: no nbd module here (or not root) and NBD_VM_RUNNER is not set"
-    kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$xunit_loop" xunit "${kernel_projects[@]}")
-fi
-"${kernel_run[@]}" 2>&1 | tee "$results/kernel.log" | grep -E "$xunit_console"
-[ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
-
-echo "== Pester"
-if pwsh_command=$(tools/pwsh --print-command 2>"$results/pwsh-restore.log"); then
-    mapfile -t pwsh <<<"$pwsh_command"
-    echo "pwsh: ${pwsh[*]}"
-    expected+=("$results/pester.xml" "$results/pester-kernel.xml")
-    "${pwsh[@]}" -NoProfile -NonInteractive -File tools/PesterTest.ps1 -ResultDirectory "$results" 2>&1 |
+if [ "${#pwsh[@]}" != 0 ]; then
+    section "Pester (host part)"
+    expected+=("$results/pester.xml")
+    "${pwsh[@]}" -NoProfile -NonInteractive -File tools/PesterTest.ps1 -Part Host -ResultDirectory "$results" 2>&1 |
         tee "$results/pester.log"
     [ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
-else
-    cat "$results/pwsh-restore.log"
-    n=$(grep -rhoE '^\s*It ' tests --include='*.Tests.ps1' | wc -l)
-    if [ "${CI:-}" = true ]; then
-        echo "Pester: FAILED: no pwsh and the PowerShell tool could not be restored ($n tests not run)"
-        extra_failed=$((extra_failed + 1))
-    else
-        echo "Pester: skipped: pwsh not installed and the PowerShell tool could not be restored ($n tests not run)"
-        extra_skipped=$((extra_skipped + n))
-    fi
 fi
 
-echo "== results (counted from the result files)"
+section "kernel tests (xunit and Pester), $kernel_where"
+wait "$kernel_pid"
+kernel_status=$?
+kernel_pid=
+grep -E "$console_lines" "$results/kernel.log"
+[ "$kernel_status" = 0 ] || { echo "kernel part exited with $kernel_status: see $results/kernel.log"; runner_errors=$((runner_errors + 1)); }
+
+section "results (counted from the result files)"
 if ! counts=$(dotnet "$summary_dll" "${expected[@]}"); then
     echo "!! tools/TestSummary could not count the results"; echo "0 passed, 1 failed, 0 skipped"; exit 1
 fi
