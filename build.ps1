@@ -88,7 +88,7 @@ switch ($Task) {
         $export = Start-NbdExport -Memory -Size 1GB -Name demo -Port $Port
         $export | Format-Table | Out-Host
         Write-Host "Serving $($export.Uri) until Ctrl+C. Connect with:"
-        Write-Host "  sudo pwsh -c 'Import-Module $moduleDir; Connect-NbdDevice -ComputerName 127.0.0.1 -Port $($export.Port) -ExportName demo'"
+        Write-Host "  sudo $PSScriptRoot/tools/pwsh -c 'Import-Module $moduleDir; Connect-NbdDevice -ComputerName 127.0.0.1 -Port $($export.Port) -ExportName demo'"
         Write-Host "  sudo nbd-client -N demo 127.0.0.1 $($export.Port) /dev/nbd0"
         Write-Host "  nbdinfo $($export.Uri)"
         Wait-NbdExport -Name demo -Verbose
