@@ -26,7 +26,7 @@ Describe 'broken setup' {
 }
 '@
         $run = Invoke-ChildPwsh -TimeoutSeconds 300 -WorkingDirectory $TestDrive -ArgumentList '-Command', @"
-Import-Module '$(Join-Path $env:PESTER_MODULE_PATH 'Pester.psd1')'
+Import-Module '$(Join-Path (Get-Module Pester).ModuleBase 'Pester.psd1')'
 `$c = [PesterConfiguration]::Default
 `$c.Run.Path = '$TestDrive/Sample.Tests.ps1'
 `$c.TestResult.Enabled = `$true
