@@ -66,6 +66,29 @@ Invoke-Pester -Configuration `$c
         $s.Text | Should -Match 'test run outcome: Aborted'
     }
 
+    It 'counts a run whose test host never ran a test as a failure' {
+        # What vstest wrote when the test host could not connect to its data collector in the emulated VM.
+        $trx = Join-Path $TestDrive 'crashed.trx'
+        Set-Content $trx @'
+<?xml version="1.0" encoding="utf-8"?>
+<TestRun xmlns="http://microsoft.com/schemas/VisualStudio/TeamTest/2010">
+  <ResultSummary outcome="Failed">
+    <Counters total="0" executed="0" passed="0" failed="0" />
+    <RunInfos>
+      <RunInfo computerName="nbdvm" outcome="Error" timestamp="2026-11-30T04:56:21Z">
+        <Text>Test host process crashed : Unhandled exception.
+   at somewhere</Text>
+      </RunInfo>
+    </RunInfos>
+  </ResultSummary>
+</TestRun>
+'@
+        $s = Get-Summary $trx
+        $s.Failed | Should -Be 1
+        $s.Passed | Should -Be 0
+        $s.Text | Should -Match '(?m)test run error: Test host process crashed : Unhandled exception\.$'
+    }
+
     It 'counts a missing, an empty and an unknown file as one failure each, and adds up files' {
         $empty = Join-Path $TestDrive 'empty.xml'
         Set-Content $empty ''

@@ -51,8 +51,19 @@ internal static class ResultFile
                 default: failed++; failedTests.Add((string?)result.Attribute("testName") ?? "(unnamed test)"); break;
             }
         }
+        // A test host that crashed or never connected leaves a RunInfo with outcome Error, and a summary that says
+        // Failed although no test failed (or Aborted): one more failure, named after the first error.
         string? runOutcome = (string?)root.Element(ns + "ResultSummary")?.Attribute("outcome");
-        if (runOutcome is not ("Completed" or "Passed" or "Failed"))
+        string? runError = root.Descendants(ns + "RunInfo")
+            .Where(info => (string?)info.Attribute("outcome") == "Error")
+            .Select(info => ((string?)info.Element(ns + "Text") ?? "").Split('\n')[0].Trim())
+            .FirstOrDefault();
+        if (runError is not null)
+        {
+            failed++;
+            failedTests.Add($"(test run error: {runError})");
+        }
+        else if (runOutcome is not ("Completed" or "Passed" or "Failed") || (runOutcome == "Failed" && failed == 0))
         {
             failed++;
             failedTests.Add($"(test run outcome: {runOutcome ?? "none"})");
