@@ -86,7 +86,7 @@ Invoke-Pester -Configuration `$c
         $s = Get-Summary $trx
         $s.Failed | Should -Be 1
         $s.Passed | Should -Be 0
-        $s.Text | Should -Match '(?m)test run error: Test host process crashed : Unhandled exception\.$'
+        $s.Text | Should -Match '(?m)test run error: Test host process crashed : Unhandled exception\.\)$'
     }
 
     It 'counts a missing, an empty and an unknown file as one failure each, and adds up files' {
