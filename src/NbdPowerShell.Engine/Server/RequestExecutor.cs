@@ -54,28 +54,23 @@ internal static class RequestExecutor
                     break;
 
                 case NbdCommand.Trim:
-                    if (length > 0)
-                        store.Trim(offset, length, fua);
+                    store.Trim(offset, length, fua);
                     Interlocked.Increment(ref exportCounters.Trims);
                     Interlocked.Increment(ref connectionCounters.Trims);
                     break;
 
                 case NbdCommand.WriteZeroes:
-                    if (length > 0)
-                        store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
-                            fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
+                    store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
+                        fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
                     Interlocked.Increment(ref exportCounters.Zeroes);
                     Interlocked.Increment(ref connectionCounters.Zeroes);
                     break;
 
                 case NbdCommand.Cache:
-                    if (length > 0)
-                        store.Cache(offset, length);
+                    store.Cache(offset, length);
                     break;
 
                 case NbdCommand.BlockStatus:
-                    if (length == 0)
-                        return Fail(request, writer, structured, NbdError.Invalid, exportCounters, connectionCounters);
                     BlockStatus(request, store, writer, contextId!.Value);
                     Interlocked.Increment(ref exportCounters.BlockStatus);
                     Interlocked.Increment(ref connectionCounters.BlockStatus);
@@ -142,7 +137,7 @@ internal static class RequestExecutor
         var extents = request.Extents;
         extents.Clear();
         var caps = store.Capabilities;
-        bool holeAware = length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
+        bool holeAware = (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
                          (caps & StoreCapabilities.Extents) != 0 &&
                          (length >= HoleAwareReadMinimum || (caps & StoreCapabilities.NonBlocking) != 0);
         if (holeAware)
