@@ -4,6 +4,7 @@ using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
+//          [--sendfile-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 if (args.Length == 0 || args[0] != "serve")
 {
@@ -27,6 +28,9 @@ for (int i = 1; i < args.Length; i++)
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
         case "--workers": workers = int.Parse(Next()); break;
+        // Tuning experiments (A/B runs for docs/performance.md), not settings a user needs.
+        case "--sendfile-minimum": NbdPowerShell.Engine.Server.RequestExecutor.SendFileMinimum = int.Parse(Next()); break;
+        case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());

@@ -5,7 +5,11 @@ namespace NbdPowerShell.Engine.Interop;
 internal static partial class Libc
 {
     public const int MSG_NOSIGNAL = 0x4000;
+    /// <summary>More data follows: the kernel holds a partial segment back instead of sending a small packet.</summary>
+    public const int MSG_MORE = 0x8000;
     public const short POLLOUT = 0x004;
+    /// <summary>Most iovecs one sendmsg takes (UIO_MAXIOV).</summary>
+    public const int IOV_MAX = 1024;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct IoVec
@@ -36,6 +40,10 @@ internal static partial class Libc
 
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial nint sendmsg(int sockfd, MsgHdr* msg, int flags);
+
+    /// <summary>Copies from a file (page cache) to a socket inside the kernel; advances *offset by what it sent.</summary>
+    [LibraryImport(Lib, EntryPoint = "sendfile", SetLastError = true)]
+    public static unsafe partial nint SendFile(int outFd, int inFd, long* offset, nuint count);
 
 }
 

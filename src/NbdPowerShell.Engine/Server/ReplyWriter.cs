@@ -1,11 +1,13 @@
 using System.Buffers.Binary;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Storage;
 
 namespace NbdPowerShell.Engine.Server;
 
 /// <summary>
 /// Serializes replies from concurrent workers onto one transport. Each reply (or structured chunk)
-/// is written whole under the lock, header and data in one vectored send.
+/// is written whole under the lock: header and data in one vectored send, or the header followed
+/// by sendfile, or the header and the memory store's chunks in one vectored send.
 /// </summary>
 internal sealed class ReplyWriter
 {
@@ -16,31 +18,51 @@ internal sealed class ReplyWriter
 
     public ReplyWriter(NbdTransport transport) => _transport = transport;
 
-    /// <summary>True once a send failed; later replies are dropped because the peer is gone.</summary>
-    public bool Failed => Volatile.Read(ref _failed);
+    /// <summary>Replies can carry data from files and pinned memory without a copy (plain sockets, not TLS).</summary>
+    public bool ZeroCopy => _transport.ZeroCopy;
 
     public void SimpleReply(ulong cookie, NbdError error, ReadOnlySpan<byte> data)
     {
         lock (_lock)
         {
-            var h = _header.AsSpan(0, NbdLimits.SimpleReplyHeaderSize);
-            BinaryPrimitives.WriteUInt32BigEndian(h, NbdMagic.SimpleReply);
-            BinaryPrimitives.WriteUInt32BigEndian(h[4..], (uint)error);
-            BinaryPrimitives.WriteUInt64BigEndian(h[8..], cookie);
+            var h = SimpleHeader(cookie, error);
             Send(h, error == NbdError.None ? data : default);
         }
+    }
+
+    /// <summary>Successful simple READ reply whose data comes from a file.</summary>
+    public void SimpleReplyFromFile(ulong cookie, int descriptor, long offset, int length)
+    {
+        lock (_lock)
+            SendFile(SimpleHeader(cookie, NbdError.None), descriptor, offset, length);
+    }
+
+    /// <summary>Successful simple READ reply whose data is a memory store's segments.</summary>
+    public void SimpleReplyGather(ulong cookie, ReadOnlySpan<MemorySegment> segments)
+    {
+        lock (_lock)
+            SendGather(SimpleHeader(cookie, NbdError.None), segments);
     }
 
     /// <summary>OFFSET_DATA chunk: header, u64 offset, then the data.</summary>
     public void DataChunk(ulong cookie, bool done, ulong offset, ReadOnlySpan<byte> data)
     {
         lock (_lock)
-        {
-            var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize + 8);
-            WriteChunkHeader(h, cookie, done, NbdReplyChunkType.OffsetData, 8 + data.Length);
-            BinaryPrimitives.WriteUInt64BigEndian(h[20..], offset);
-            Send(h, data);
-        }
+            Send(DataHeader(cookie, done, offset, data.Length), data);
+    }
+
+    /// <summary>OFFSET_DATA chunk whose data comes from a file.</summary>
+    public void DataChunkFromFile(ulong cookie, bool done, ulong offset, int descriptor, int length)
+    {
+        lock (_lock)
+            SendFile(DataHeader(cookie, done, offset, length), descriptor, (long)offset, length);
+    }
+
+    /// <summary>OFFSET_DATA chunk whose data is a memory store's segments (<paramref name="length"/> bytes in all).</summary>
+    public void DataChunkGather(ulong cookie, bool done, ulong offset, ReadOnlySpan<MemorySegment> segments, int length)
+    {
+        lock (_lock)
+            SendGather(DataHeader(cookie, done, offset, length), segments);
     }
 
     /// <summary>OFFSET_HOLE chunk: u64 offset, u32 size.</summary>
@@ -69,17 +91,6 @@ internal sealed class ReplyWriter
         }
     }
 
-    /// <summary>NONE chunk that ends a reply whose earlier chunks were not marked done.</summary>
-    public void DoneChunk(ulong cookie)
-    {
-        lock (_lock)
-        {
-            var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize);
-            WriteChunkHeader(h, cookie, true, NbdReplyChunkType.None, 0);
-            Send(h, default);
-        }
-    }
-
     /// <summary>BLOCK_STATUS chunk; <paramref name="descriptors"/> is already encoded as u32 id then {u32 length, u32 flags} pairs.</summary>
     public void BlockStatusChunk(ulong cookie, ReadOnlySpan<byte> descriptors)
     {
@@ -89,6 +100,23 @@ internal sealed class ReplyWriter
             WriteChunkHeader(h, cookie, true, NbdReplyChunkType.BlockStatus, descriptors.Length);
             Send(h, descriptors);
         }
+    }
+
+    private Span<byte> SimpleHeader(ulong cookie, NbdError error)
+    {
+        var h = _header.AsSpan(0, NbdLimits.SimpleReplyHeaderSize);
+        BinaryPrimitives.WriteUInt32BigEndian(h, NbdMagic.SimpleReply);
+        BinaryPrimitives.WriteUInt32BigEndian(h[4..], (uint)error);
+        BinaryPrimitives.WriteUInt64BigEndian(h[8..], cookie);
+        return h;
+    }
+
+    private Span<byte> DataHeader(ulong cookie, bool done, ulong offset, int length)
+    {
+        var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize + 8);
+        WriteChunkHeader(h, cookie, done, NbdReplyChunkType.OffsetData, 8 + length);
+        BinaryPrimitives.WriteUInt64BigEndian(h[20..], offset);
+        return h;
     }
 
     private static void WriteChunkHeader(Span<byte> h, ulong cookie, bool done, NbdReplyChunkType type, int length)
@@ -110,9 +138,42 @@ internal sealed class ReplyWriter
         }
         catch (IOException)
         {
-            // The client is gone; the reader notices and tears the connection down.
-            Volatile.Write(ref _failed, true);
-            _transport.Shutdown();
+            Fail();
         }
+    }
+
+    private void SendFile(ReadOnlySpan<byte> head, int descriptor, long offset, int length)
+    {
+        if (_failed)
+            return;
+        try
+        {
+            _transport.WriteFile(head, descriptor, offset, length);
+        }
+        catch (IOException)
+        {
+            Fail();
+        }
+    }
+
+    private void SendGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments)
+    {
+        if (_failed)
+            return;
+        try
+        {
+            _transport.WriteGather(head, segments);
+        }
+        catch (IOException)
+        {
+            Fail();
+        }
+    }
+
+    /// <summary>The client is gone: later replies are dropped, and the reader notices and tears the connection down.</summary>
+    private void Fail()
+    {
+        _failed = true;
+        _transport.Shutdown();
     }
 }

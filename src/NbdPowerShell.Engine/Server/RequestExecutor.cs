@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Storage;
 
@@ -23,6 +24,12 @@ internal static class RequestExecutor
     /// send holes as OFFSET_HOLE.
     /// </summary>
     private const int HoleAwareReadMinimum = 4 * 1024 * 1024;
+    /// <summary>
+    /// From this size file reads go out with sendfile (page cache to socket, no copy in user space);
+    /// below it pread into a pooled buffer and one sendmsg cost fewer syscalls than a header send
+    /// plus sendfile, and the copy of a few KiB is cheap.
+    /// </summary>
+    internal static int SendFileMinimum = 64 * 1024;
 
     public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
         IoCounters exportCounters, IoCounters connectionCounters)
@@ -42,7 +49,9 @@ internal static class RequestExecutor
                     return NbdError.None;
 
                 case NbdCommand.Write:
-                    store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
+                    // A memory store's payload was received straight into its chunks by the reader.
+                    if (!request.PayloadInStore)
+                        store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
                     exportCounters.CountWrite(length);
                     connectionCounters.CountWrite(length);
                     break;
@@ -115,11 +124,36 @@ internal static class RequestExecutor
 
     private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
     {
+        long offset = (long)request.Offset;
         int length = (int)request.Length;
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        if (writer.ZeroCopy)
+        {
+            if (store is IPinnedMemoryStore memory)
+            {
+                var segments = request.Segments;
+                memory.GetReadSegments(offset, length, segments);
+                CountRead(request.Length, exportCounters, connectionCounters);
+                try
+                {
+                    writer.SimpleReplyGather(request.Cookie, CollectionsMarshal.AsSpan(segments));
+                }
+                finally
+                {
+                    segments.Clear(); // drop the chunk references
+                }
+                return;
+            }
+            if (store is IFileDescriptorStore file && length >= SendFileMinimum)
+            {
+                CountRead(request.Length, exportCounters, connectionCounters);
+                writer.SimpleReplyFromFile(request.Cookie, file.Descriptor, offset, length);
+                return;
+            }
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
         try
         {
-            store.Read((long)request.Offset, buffer.AsSpan(0, length));
+            store.Read(offset, buffer.AsSpan(0, length));
             CountRead(request.Length, exportCounters, connectionCounters);
             writer.SimpleReply(request.Cookie, NbdError.None, buffer.AsSpan(0, length));
         }
@@ -145,55 +179,67 @@ internal static class RequestExecutor
 
         if (!holeAware || extents.Count == 0 || (extents[0].Flags & ExtentFlags.Zero) == 0 && extents[0].Length >= length)
         {
-            byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
-            try
-            {
-                store.Read(offset, buffer.AsSpan(0, length));
-                CountRead(request.Length, exportCounters, connectionCounters);
-                writer.DataChunk(request.Cookie, done: true, (ulong)offset, buffer.AsSpan(0, length));
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
+            CountRead(request.Length, exportCounters, connectionCounters);
+            DataChunk(request, store, writer, done: true, offset, length);
             return;
         }
 
-        byte[] data = ArrayPool<byte>.Shared.Rent(length);
+        long pos = offset;
+        long end = offset + length;
+        for (int i = 0; i < extents.Count && pos < end; i++)
+        {
+            int run = (int)Math.Min(extents[i].Length, end - pos);
+            bool last = pos + run >= end;
+            if (last)
+                CountRead(request.Length, exportCounters, connectionCounters);
+            if ((extents[i].Flags & ExtentFlags.Zero) != 0)
+                writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
+            else
+                DataChunk(request, store, writer, last, pos, run);
+            pos += run;
+        }
+        if (pos < end)
+        {
+            // The store described less than the whole range: send the rest as data.
+            CountRead(request.Length, exportCounters, connectionCounters);
+            DataChunk(request, store, writer, done: true, pos, (int)(end - pos));
+        }
+    }
+
+    /// <summary>One OFFSET_DATA chunk, from the store's own memory or file where the transport allows, else through a pooled buffer.</summary>
+    private static void DataChunk(NbdRequest request, IBlockStore store, ReplyWriter writer, bool done, long offset, int length)
+    {
+        if (writer.ZeroCopy)
+        {
+            if (store is IPinnedMemoryStore memory)
+            {
+                var segments = request.Segments;
+                memory.GetReadSegments(offset, length, segments);
+                try
+                {
+                    writer.DataChunkGather(request.Cookie, done, (ulong)offset, CollectionsMarshal.AsSpan(segments), length);
+                }
+                finally
+                {
+                    segments.Clear();
+                }
+                return;
+            }
+            if (store is IFileDescriptorStore file && length >= SendFileMinimum)
+            {
+                writer.DataChunkFromFile(request.Cookie, done, (ulong)offset, file.Descriptor, length);
+                return;
+            }
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
         try
         {
-            long pos = offset;
-            long end = offset + length;
-            for (int i = 0; i < extents.Count && pos < end; i++)
-            {
-                long run = Math.Min(extents[i].Length, end - pos);
-                bool last = pos + run >= end;
-                if (last)
-                    CountRead(request.Length, exportCounters, connectionCounters);
-                if ((extents[i].Flags & ExtentFlags.Zero) != 0)
-                {
-                    writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
-                }
-                else
-                {
-                    var span = data.AsSpan(0, (int)run);
-                    store.Read(pos, span);
-                    writer.DataChunk(request.Cookie, last, (ulong)pos, span);
-                }
-                pos += run;
-            }
-            if (pos < end)
-            {
-                // The store described less than the whole range: send the rest as data.
-                var span = data.AsSpan(0, (int)(end - pos));
-                store.Read(pos, span);
-                CountRead(request.Length, exportCounters, connectionCounters);
-                writer.DataChunk(request.Cookie, done: true, (ulong)pos, span);
-            }
+            store.Read(offset, buffer.AsSpan(0, length));
+            writer.DataChunk(request.Cookie, done, (ulong)offset, buffer.AsSpan(0, length));
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(data);
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 
