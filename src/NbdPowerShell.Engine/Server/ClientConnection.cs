@@ -45,6 +45,10 @@ internal sealed class ClientConnection
     public string ClientAddress { get; }
     public EndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public DateTimeOffset ConnectedAt { get; } = DateTimeOffset.UtcNow;
+    /// <summary>
+    /// This connection's counters, written only by its own threads; the export's figures are the
+    /// sum over its connections, so connections to one export share no counter cache line.
+    /// </summary>
     public IoCounters Counters { get; } = new();
     public Task Closed => _closed.Task;
     public bool InTransmission => _session != null;
@@ -132,7 +136,7 @@ internal sealed class ClientConnection
         var export = session.Export;
         var flags = export.FlagsFor(session.StructuredReplies);
         var reader = session.Reader;
-        _writer = new ReplyWriter(session.Transport);
+        _writer = new ReplyWriter(session.Transport, _server.Options.FileReadSplicing);
         // Threads start on demand: a memory export whose requests all run inline never starts one.
         var workers = new RequestWorkers(_server.Options.WorkerThreads, _maxInFlight, $"nbd-conn-{Id}");
         try
@@ -216,7 +220,7 @@ internal sealed class ClientConnection
             }
             if (error != NbdError.None)
             {
-                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, export.Counters, Counters);
+                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, Counters);
                 Complete(request);
                 continue;
             }
@@ -267,12 +271,12 @@ internal sealed class ClientConnection
         try
         {
             RequestExecutor.Run(request, session.Export.Store, _writer, session.StructuredReplies,
-                session.BaseAllocationContextId, session.Export.Counters, Counters);
+                session.BaseAllocationContextId, Counters);
         }
         catch (Exception e)
         {
             _log.LogError(e, "Request {Command} from {Client} failed unexpectedly", request.Command, ClientAddress);
-            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, session.Export.Counters, Counters); }
+            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, Counters); }
             catch (Exception) { _transport.Shutdown(); }
         }
         finally

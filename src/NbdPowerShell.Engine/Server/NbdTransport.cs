@@ -25,9 +25,15 @@ internal abstract class NbdTransport : IDisposable
     /// </summary>
     public virtual bool ZeroCopy => false;
 
-    /// <summary>Sends head, then <paramref name="count"/> bytes of the file at <paramref name="offset"/> (zeroes past its end).</summary>
-    public virtual void WriteFile(ReadOnlySpan<byte> head, int descriptor, long offset, int count) =>
+    /// <summary>
+    /// Sends head, then <paramref name="count"/> bytes of the file at <paramref name="offset"/>
+    /// (zeroes past its end), of which the first <see cref="SplicePipe.Buffered"/> are already in the pipe.
+    /// </summary>
+    public virtual void WriteFile(ReadOnlySpan<byte> head, SplicePipe pipe, int descriptor, long offset, int count) =>
         throw new NotSupportedException("This transport copies; check ZeroCopy first.");
+
+    /// <summary>The peer runs on this host (loopback, Unix socket, socket pair); see <see cref="FileReadSplicing"/>.</summary>
+    public virtual bool PeerIsLocal => true;
 
     /// <summary>Sends head, then the segments in order (holes as zeroes), as one message.</summary>
     public virtual void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments) =>

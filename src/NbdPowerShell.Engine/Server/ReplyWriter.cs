@@ -7,7 +7,8 @@ namespace NbdPowerShell.Engine.Server;
 /// <summary>
 /// Serializes replies from concurrent workers onto one transport. Each reply (or structured chunk)
 /// is written whole under the lock: header and data in one vectored send, or the header followed
-/// by sendfile, or the header and the memory store's chunks in one vectored send.
+/// by file pages spliced through a pipe, or the header and the memory store's chunks in one
+/// vectored send.
 /// </summary>
 internal sealed class ReplyWriter
 {
@@ -16,10 +17,22 @@ internal sealed class ReplyWriter
     private readonly byte[] _header = new byte[32];
     private bool _failed;
 
-    public ReplyWriter(NbdTransport transport) => _transport = transport;
+    public ReplyWriter(NbdTransport transport, FileReadSplicing splicing)
+    {
+        _transport = transport;
+        SpliceFiles = transport.ZeroCopy && splicing switch
+        {
+            FileReadSplicing.Always => true,
+            FileReadSplicing.Never => false,
+            _ => !transport.PeerIsLocal,
+        };
+    }
 
-    /// <summary>Replies can carry data from files and pinned memory without a copy (plain sockets, not TLS).</summary>
+    /// <summary>Replies can carry data from pinned memory without a copy in user space (plain sockets, not TLS).</summary>
     public bool ZeroCopy => _transport.ZeroCopy;
+
+    /// <summary>Large file reads are spliced from the page cache to the socket (see <see cref="FileReadSplicing"/>).</summary>
+    public bool SpliceFiles { get; }
 
     public void SimpleReply(ulong cookie, NbdError error, ReadOnlySpan<byte> data)
     {
@@ -30,11 +43,17 @@ internal sealed class ReplyWriter
         }
     }
 
-    /// <summary>Successful simple READ reply whose data comes from a file.</summary>
+    /// <summary>
+    /// Successful simple READ reply whose data comes from a file. The first part is spliced into
+    /// this thread's pipe before the lock, so waiting for the disk holds up no other reply, and a
+    /// file error there (StorageException) still leaves room for an error reply.
+    /// </summary>
     public void SimpleReplyFromFile(ulong cookie, int descriptor, long offset, int length)
     {
+        var pipe = SplicePipe.ForThisThread();
+        pipe.Fill(descriptor, offset, length);
         lock (_lock)
-            SendFile(SimpleHeader(cookie, NbdError.None), descriptor, offset, length);
+            SendFile(SimpleHeader(cookie, NbdError.None), pipe, descriptor, offset, length);
     }
 
     /// <summary>Successful simple READ reply whose data is a memory store's segments.</summary>
@@ -51,11 +70,13 @@ internal sealed class ReplyWriter
             Send(DataHeader(cookie, done, offset, data.Length), data);
     }
 
-    /// <summary>OFFSET_DATA chunk whose data comes from a file.</summary>
+    /// <summary>OFFSET_DATA chunk whose data comes from a file (spliced as in <see cref="SimpleReplyFromFile"/>).</summary>
     public void DataChunkFromFile(ulong cookie, bool done, ulong offset, int descriptor, int length)
     {
+        var pipe = SplicePipe.ForThisThread();
+        pipe.Fill(descriptor, (long)offset, length);
         lock (_lock)
-            SendFile(DataHeader(cookie, done, offset, length), descriptor, (long)offset, length);
+            SendFile(DataHeader(cookie, done, offset, length), pipe, descriptor, (long)offset, length);
     }
 
     /// <summary>OFFSET_DATA chunk whose data is a memory store's segments (<paramref name="length"/> bytes in all).</summary>
@@ -142,18 +163,21 @@ internal sealed class ReplyWriter
         }
     }
 
-    private void SendFile(ReadOnlySpan<byte> head, int descriptor, long offset, int length)
+    private void SendFile(ReadOnlySpan<byte> head, SplicePipe pipe, int descriptor, long offset, int length)
     {
-        if (_failed)
-            return;
         try
         {
-            _transport.WriteFile(head, descriptor, offset, length);
+            if (!_failed)
+            {
+                _transport.WriteFile(head, pipe, descriptor, offset, length);
+                return;
+            }
         }
         catch (IOException)
         {
             Fail();
         }
+        pipe.Reset(); // what is left in it belongs to a reply that will never be sent
     }
 
     private void SendGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments)

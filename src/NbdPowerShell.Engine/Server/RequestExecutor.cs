@@ -25,14 +25,14 @@ internal static class RequestExecutor
     /// </summary>
     private const int HoleAwareReadMinimum = 4 * 1024 * 1024;
     /// <summary>
-    /// From this size file reads go out with sendfile (page cache to socket, no copy in user space);
-    /// below it pread into a pooled buffer and one sendmsg cost fewer syscalls than a header send
-    /// plus sendfile, and the copy of a few KiB is cheap.
+    /// From this size file reads are spliced (page cache to socket, no copy in user space); below
+    /// it pread into a pooled buffer and one sendmsg cost fewer syscalls than a header send and two
+    /// splices, and the copy of a few KiB is cheap.
     /// </summary>
-    internal static int SendFileMinimum = 64 * 1024;
+    internal static int SpliceMinimum = 64 * 1024;
 
     public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
-        IoCounters exportCounters, IoCounters connectionCounters)
+        IoCounters counters)
     {
         bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
         long offset = (long)request.Offset;
@@ -43,36 +43,32 @@ internal static class RequestExecutor
             {
                 case NbdCommand.Read:
                     if (structured)
-                        StructuredRead(request, store, writer, exportCounters, connectionCounters);
+                        StructuredRead(request, store, writer, counters);
                     else
-                        SimpleRead(request, store, writer, exportCounters, connectionCounters);
+                        SimpleRead(request, store, writer, counters);
                     return NbdError.None;
 
                 case NbdCommand.Write:
                     // A memory store's payload was received straight into its chunks by the reader.
                     if (!request.PayloadInStore)
                         store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
-                    exportCounters.CountWrite(length);
-                    connectionCounters.CountWrite(length);
+                    counters.CountWrite(length);
                     break;
 
                 case NbdCommand.Flush:
                     store.Flush();
-                    Interlocked.Increment(ref exportCounters.Flushes);
-                    Interlocked.Increment(ref connectionCounters.Flushes);
+                    Interlocked.Increment(ref counters.Flushes);
                     break;
 
                 case NbdCommand.Trim:
                     store.Trim(offset, length, fua);
-                    Interlocked.Increment(ref exportCounters.Trims);
-                    Interlocked.Increment(ref connectionCounters.Trims);
+                    Interlocked.Increment(ref counters.Trims);
                     break;
 
                 case NbdCommand.WriteZeroes:
                     store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
                         fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
-                    Interlocked.Increment(ref exportCounters.Zeroes);
-                    Interlocked.Increment(ref connectionCounters.Zeroes);
+                    Interlocked.Increment(ref counters.Zeroes);
                     break;
 
                 case NbdCommand.Cache:
@@ -81,8 +77,7 @@ internal static class RequestExecutor
 
                 case NbdCommand.BlockStatus:
                     BlockStatus(request, store, writer, contextId!.Value);
-                    Interlocked.Increment(ref exportCounters.BlockStatus);
-                    Interlocked.Increment(ref connectionCounters.BlockStatus);
+                    Interlocked.Increment(ref counters.BlockStatus);
                     return NbdError.None;
             }
             writer.SimpleReply(request.Cookie, NbdError.None, default);
@@ -94,20 +89,19 @@ internal static class RequestExecutor
             // ENOTSUP is only allowed as the answer to FAST_ZERO.
             if (error == NbdError.NotSupported && (request.Flags & NbdCommandFlags.FastZero) == 0)
                 error = NbdError.IO;
-            return Fail(request, writer, structured, error, exportCounters, connectionCounters);
+            return Fail(request, writer, structured, error, counters);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return Fail(request, writer, structured, NbdError.IO, exportCounters, connectionCounters);
+            return Fail(request, writer, structured, NbdError.IO, counters);
         }
     }
 
     /// <summary>Counts the error, then sends it (counting first, so statistics never lag a reply the client has seen).</summary>
     public static NbdError Fail(NbdRequest request, ReplyWriter writer, bool structured, NbdError error,
-        IoCounters exportCounters, IoCounters connectionCounters)
+        IoCounters counters)
     {
-        Interlocked.Increment(ref exportCounters.Errors);
-        Interlocked.Increment(ref connectionCounters.Errors);
+        Interlocked.Increment(ref counters.Errors);
         if (structured && request.Command is NbdCommand.Read or NbdCommand.BlockStatus)
             writer.ErrorChunk(request.Cookie, error);
         else
@@ -116,13 +110,12 @@ internal static class RequestExecutor
     }
 
     /// <summary>Counted once the data is in hand and before the reply leaves, so statistics never lag what a client saw.</summary>
-    private static void CountRead(uint length, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void CountRead(uint length, IoCounters counters)
     {
-        exportCounters.CountRead(length);
-        connectionCounters.CountRead(length);
+        counters.CountRead(length);
     }
 
-    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
@@ -132,7 +125,7 @@ internal static class RequestExecutor
             {
                 var segments = request.Segments;
                 memory.GetReadSegments(offset, length, segments);
-                CountRead(request.Length, exportCounters, connectionCounters);
+                CountRead(request.Length, counters);
                 try
                 {
                     writer.SimpleReplyGather(request.Cookie, CollectionsMarshal.AsSpan(segments));
@@ -143,9 +136,9 @@ internal static class RequestExecutor
                 }
                 return;
             }
-            if (store is IFileDescriptorStore file && length >= SendFileMinimum)
+            if (writer.SpliceFiles && store is IFileDescriptorStore file && length >= SpliceMinimum)
             {
-                CountRead(request.Length, exportCounters, connectionCounters);
+                CountRead(request.Length, counters);
                 writer.SimpleReplyFromFile(request.Cookie, file.Descriptor, offset, length);
                 return;
             }
@@ -154,7 +147,7 @@ internal static class RequestExecutor
         try
         {
             store.Read(offset, buffer.AsSpan(0, length));
-            CountRead(request.Length, exportCounters, connectionCounters);
+            CountRead(request.Length, counters);
             writer.SimpleReply(request.Cookie, NbdError.None, buffer.AsSpan(0, length));
         }
         finally
@@ -164,7 +157,7 @@ internal static class RequestExecutor
     }
 
     /// <summary>Structured READ: holes go out as OFFSET_HOLE chunks (no data on the wire), data as OFFSET_DATA.</summary>
-    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
@@ -179,7 +172,7 @@ internal static class RequestExecutor
 
         if (!holeAware || extents.Count == 0 || (extents[0].Flags & ExtentFlags.Zero) == 0 && extents[0].Length >= length)
         {
-            CountRead(request.Length, exportCounters, connectionCounters);
+            CountRead(request.Length, counters);
             DataChunk(request, store, writer, done: true, offset, length);
             return;
         }
@@ -191,7 +184,7 @@ internal static class RequestExecutor
             int run = (int)Math.Min(extents[i].Length, end - pos);
             bool last = pos + run >= end;
             if (last)
-                CountRead(request.Length, exportCounters, connectionCounters);
+                CountRead(request.Length, counters);
             if ((extents[i].Flags & ExtentFlags.Zero) != 0)
                 writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
             else
@@ -201,7 +194,7 @@ internal static class RequestExecutor
         if (pos < end)
         {
             // The store described less than the whole range: send the rest as data.
-            CountRead(request.Length, exportCounters, connectionCounters);
+            CountRead(request.Length, counters);
             DataChunk(request, store, writer, done: true, pos, (int)(end - pos));
         }
     }
@@ -225,7 +218,7 @@ internal static class RequestExecutor
                 }
                 return;
             }
-            if (store is IFileDescriptorStore file && length >= SendFileMinimum)
+            if (writer.SpliceFiles && store is IFileDescriptorStore file && length >= SpliceMinimum)
             {
                 writer.DataChunkFromFile(request.Cookie, done, (ulong)offset, file.Descriptor, length);
                 return;

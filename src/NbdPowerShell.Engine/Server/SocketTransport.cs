@@ -10,7 +10,7 @@ namespace NbdPowerShell.Engine.Server;
 /// <summary>
 /// Transport over a connected stream socket (TCP or Unix). Writes go straight to sendmsg with
 /// iovecs, so a reply header and its data leave in one syscall without copying or allocating;
-/// file data goes with sendfile and memory-store data from the store's own pinned chunks.
+/// file pages are spliced to the socket and memory-store data sent from the store's own pinned chunks.
 /// </summary>
 internal sealed class SocketTransport : NbdTransport
 {
@@ -80,6 +80,26 @@ internal sealed class SocketTransport : NbdTransport
 
     public override bool ZeroCopy => true;
 
+    public override bool PeerIsLocal => RemoteEndPoint switch
+    {
+        IPEndPoint ip => IPAddress.IsLoopback(ip.Address) || IsOwnAddress(ip.Address),
+        _ => true, // Unix socket or socket pair
+    };
+
+    private static bool IsOwnAddress(IPAddress address)
+    {
+        try
+        {
+            return System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+                .SelectMany(i => i.GetIPProperties().UnicastAddresses)
+                .Any(a => a.Address.Equals(address));
+        }
+        catch (System.Net.NetworkInformation.NetworkInformationException)
+        {
+            return false;
+        }
+    }
+
     // Pinned, never written: the source of zeroes for holes and for file ranges past the end of the file.
     private static readonly byte[] s_zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
 
@@ -104,12 +124,13 @@ internal sealed class SocketTransport : NbdTransport
     }
 
     /// <summary>
-    /// The header goes with MSG_MORE so it shares a segment with the data; sendfile then moves the
-    /// data from the page cache to the socket in the kernel. Short returns (a full send buffer on a
-    /// non-blocking socket, a signal) continue from where it stopped; a return of 0 means the file
-    /// ended, and the rest of the range is sent as zeroes.
+    /// The header goes with MSG_MORE so it shares a segment with the data, then the file's pages
+    /// move from the pipe to the socket without a copy, the pipe refilled from the file while more
+    /// is left. Short returns (a full send buffer on a non-blocking socket, a signal) continue where
+    /// they stopped; the end of the file ends the splicing and the rest goes as zeroes. After the
+    /// header is out a file error can only end the connection (an IOException).
     /// </summary>
-    public override unsafe void WriteFile(ReadOnlySpan<byte> head, int descriptor, long offset, int count)
+    public override unsafe void WriteFile(ReadOnlySpan<byte> head, SplicePipe pipe, int descriptor, long offset, int count)
     {
         int fd = AddRef(out bool added);
         try
@@ -119,32 +140,57 @@ internal sealed class SocketTransport : NbdTransport
                 var iov = new Libc.IoVec { Base = (nint)h, Length = (nuint)head.Length };
                 SendVectors(fd, &iov, 1, count > 0 ? Libc.MSG_MORE : 0);
             }
-            long pos = offset;
-            long end = offset + count;
-            while (pos < end)
+            long next = offset + pipe.Buffered;
+            int left = count;
+            while (left > 0)
             {
-                nint sent = Libc.SendFile(fd, descriptor, &pos, (nuint)(end - pos));
-                if (sent > 0)
-                    continue; // the kernel advanced pos
-                if (sent == 0)
+                if (pipe.Buffered == 0)
                 {
-                    SendZeroes(fd, end - pos);
-                    return;
+                    int n = pipe.Fill(descriptor, next, left);
+                    if (n == 0)
+                    {
+                        SendZeroes(fd, left);
+                        return;
+                    }
+                    next += n;
                 }
-                int errno = Libc.LastErrno;
-                if (errno == Libc.EINTR)
-                    continue;
-                if (errno == Libc.EAGAIN)
-                {
-                    WaitWritable(fd);
-                    continue;
-                }
-                throw new IOException($"sendfile failed: {Libc.StrError(errno)}", errno);
+                left -= pipe.Buffered;
+                Drain(fd, pipe);
             }
+        }
+        catch (StorageException e)
+        {
+            throw new IOException(e.Message, e);
         }
         finally
         {
             Release(added);
+        }
+    }
+
+    /// <summary>
+    /// Pipe to socket, without SPLICE_F_MORE: with a small send window every call moves a few KiB,
+    /// and a corked remainder would wait for TCP's 200 ms cork timer each time.
+    /// </summary>
+    private static unsafe void Drain(int fd, SplicePipe pipe)
+    {
+        while (pipe.Buffered > 0)
+        {
+            nint n = Libc.Splice(pipe.ReadEnd, null, fd, null, (nuint)pipe.Buffered, Libc.SPLICE_F_MOVE);
+            if (n > 0)
+            {
+                pipe.Buffered -= (int)n;
+                continue;
+            }
+            int errno = n == 0 ? Libc.EPIPE : Libc.LastErrno;
+            if (errno == Libc.EINTR)
+                continue;
+            if (errno == Libc.EAGAIN)
+            {
+                WaitWritable(fd);
+                continue;
+            }
+            throw new IOException($"splice to socket failed: {Libc.StrError(errno)}", errno);
         }
     }
 

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 using NbdPowerShell.Engine.Tests.TestSupport;
 using Xunit;
@@ -15,14 +16,18 @@ namespace NbdPowerShell.Engine.Tests.Server;
 [Collection(SerialCollection.Name)]
 public class SteadyStateAllocationTests
 {
-    /// <summary>Memory (reads from the chunks, writes into them), and files through pread and through sendfile.</summary>
+    /// <summary>Memory (reads from the chunks, writes into them), and files through pread and through splice.</summary>
     [Theory]
     [InlineData("memory", 4096)]
     [InlineData("file", 4096)]
     [InlineData("file", 128 * 1024)]
+    [InlineData("file-spliced", 128 * 1024)]
     public async Task Reads_and_writes_allocate_almost_nothing_per_request_once_warm(string kind, int blockSize)
     {
-        await using var server = new TestServer();
+        await using var server = new TestServer(new NbdServerOptions
+        {
+            FileReadSplicing = kind == "file-spliced" ? FileReadSplicing.Always : FileReadSplicing.RemotePeers,
+        });
         const int size = 16 << 20;
         if (kind == "memory")
         {

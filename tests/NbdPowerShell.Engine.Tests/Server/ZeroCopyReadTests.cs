@@ -11,7 +11,7 @@ namespace NbdPowerShell.Engine.Tests.Server;
 
 /// <summary>
 /// The data paths without a user-space copy: memory reads sent as iovecs over the store's pinned
-/// chunks (and writes received into them), file reads sent with sendfile. Every read is checked
+/// chunks (and writes received into them), file reads spliced from the page cache (forced here: by default only remote peers get them). Every read is checked
 /// byte for byte against a model, in both reply modes.
 /// </summary>
 public class ZeroCopyReadTests
@@ -19,6 +19,8 @@ public class ZeroCopyReadTests
     private const int Chunk = 64 * 1024;
 
     public static TheoryData<bool> ReplyModes => new() { false, true };
+
+    private static readonly NbdServerOptions Spliced = new() { FileReadSplicing = FileReadSplicing.Always };
 
     [Theory]
     [MemberData(nameof(ReplyModes))]
@@ -90,9 +92,9 @@ public class ZeroCopyReadTests
 
     [Theory]
     [MemberData(nameof(ReplyModes))]
-    public async Task File_reads_through_sendfile_cover_holes_the_end_of_the_export_and_a_file_that_shrank(bool structured)
+    public async Task Spliced_file_reads_cover_holes_the_end_of_the_export_and_a_file_that_shrank(bool structured)
     {
-        await using var server = new TestServer();
+        await using var server = new TestServer(Spliced);
         string path = Path.Combine(server.Directory, "disk.img");
         const int size = 12 << 20;
         var model = new byte[size];
@@ -122,14 +124,15 @@ public class ZeroCopyReadTests
             Assert.True(model.AsSpan(offset, length).SequenceEqual(r.Data), $"read of {length} at {offset} differs");
             cookie++;
         }
-        ReadAndCompare(0, 1 << 20);                      // sendfile, data
+        ReadAndCompare(0, 1 << 20);                      // spliced, data
         ReadAndCompare((3 << 20) - 5000, 200_000);       // data into the hole
         ReadAndCompare(2 << 20, 8 << 20);                // 8 MiB: structured sends OFFSET_HOLE for the hole
         ReadAndCompare(size - 100_000, 100_000);         // ends exactly at the end of the export
         ReadAndCompare(size - 4096, 4096);               // small: the copying path
-        ReadAndCompare(size - (64 << 10), 64 << 10);     // exactly the sendfile threshold, at the end
+        ReadAndCompare(12345, 3 << 20);                  // starts mid-page: more bytes than a full pipe's pages hold
+        ReadAndCompare(size - (64 << 10), 64 << 10);     // exactly the splice threshold, at the end
 
-        // The file shrinks under the export: what is past its new end reads as zeroes (sendfile
+        // The file shrinks under the export: what is past its new end reads as zeroes (splice
         // returns 0 there and the rest is filled in), and the connection stays in sync.
         using (var f = new FileStream(path, FileMode.Open))
             f.SetLength(size - (1 << 20));
@@ -194,9 +197,10 @@ public class ZeroCopyReadTests
     [MemberData(nameof(ReplyModes))]
     public async Task A_non_blocking_socket_with_a_tiny_send_buffer_and_a_slow_reader_gets_every_byte(bool structured)
     {
-        // Partial sends and EAGAIN from sendfile and sendmsg: the server end is non-blocking with a
-        // small send buffer, and the client reads in small pieces with pauses.
-        await using var server = new TestServer();
+        // Partial sends and EAGAIN from splice and sendmsg: the server end is non-blocking with a
+        // small send buffer, and the client pauses before it reads. (Smaller buffers than these
+        // make TCP itself crawl through zero-window probes, whatever the sender does.)
+        await using var server = new TestServer(Spliced);
         const int size = 8 << 20;
         string path = Path.Combine(server.Directory, "disk.img");
         var fileData = new byte[size];
@@ -212,10 +216,10 @@ public class ZeroCopyReadTests
             listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
             listener.Listen(1);
             using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            client.ReceiveBufferSize = 4096;
+            client.ReceiveBufferSize = 64 * 1024;
             client.Connect(listener.LocalEndPoint!);
             var serverEnd = listener.Accept();
-            serverEnd.SendBufferSize = 4096;
+            serverEnd.SendBufferSize = 16 * 1024;
             // One asynchronous operation makes .NET put the descriptor in non-blocking mode (and
             // emulate blocking for its own synchronous calls), as it does for any socket used both ways.
             await serverEnd.SendAsync(ReadOnlyMemory<byte>.Empty, SocketFlags.None);
