@@ -82,12 +82,14 @@ internal sealed class SocketTransport : NbdTransport
 
     public override bool PeerIsLocal => RemoteEndPoint switch
     {
-        IPEndPoint ip => IPAddress.IsLoopback(ip.Address) || IsOwnAddress(ip.Address),
+        IPEndPoint ip => IsOwnAddress(ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address),
         _ => true, // Unix socket or socket pair
     };
 
     private static bool IsOwnAddress(IPAddress address)
     {
+        if (IPAddress.IsLoopback(address))
+            return true;
         try
         {
             return System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
@@ -182,15 +184,7 @@ internal sealed class SocketTransport : NbdTransport
                 pipe.Buffered -= (int)n;
                 continue;
             }
-            int errno = n == 0 ? Libc.EPIPE : Libc.LastErrno;
-            if (errno == Libc.EINTR)
-                continue;
-            if (errno == Libc.EAGAIN)
-            {
-                WaitWritable(fd);
-                continue;
-            }
-            throw new IOException($"splice to socket failed: {Libc.StrError(errno)}", errno);
+            RetryOrThrow(fd, n == 0 ? Libc.EPIPE : Libc.LastErrno, "splice to socket");
         }
     }
 
@@ -294,15 +288,8 @@ internal sealed class SocketTransport : NbdTransport
             nint sent = Libc.sendmsg(fd, &msg, Libc.MSG_NOSIGNAL | flags);
             if (sent < 0)
             {
-                int errno = Libc.LastErrno;
-                if (errno == Libc.EINTR)
-                    continue;
-                if (errno == Libc.EAGAIN)
-                {
-                    WaitWritable(fd);
-                    continue;
-                }
-                throw new IOException($"send failed: {Libc.StrError(errno)}", errno);
+                RetryOrThrow(fd, Libc.LastErrno, "send");
+                continue;
             }
             // Advance past what the kernel took; partial sends are normal for large bodies.
             while (sent > 0 && first < count)
@@ -325,9 +312,16 @@ internal sealed class SocketTransport : NbdTransport
         }
     }
 
-    /// <summary>The runtime may have made the descriptor non-blocking; wait for room in the send buffer.</summary>
-    private static unsafe void WaitWritable(int fd)
+    /// <summary>
+    /// Returns when the failed send may be retried: at once after a signal, or, when the runtime
+    /// made the descriptor non-blocking and the send buffer is full, once there is room again.
+    /// </summary>
+    private static unsafe void RetryOrThrow(int fd, int errno, string operation)
     {
+        if (errno == Libc.EINTR)
+            return;
+        if (errno != Libc.EAGAIN)
+            throw new IOException($"{operation} failed: {Libc.StrError(errno)}", errno);
         var pfd = new Libc.PollFd { Fd = fd, Events = Libc.POLLOUT };
         Libc.Poll(&pfd, 1, 1000);
     }
