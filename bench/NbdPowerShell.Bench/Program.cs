@@ -4,6 +4,7 @@ using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
+//          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 if (args.Length == 0 || args[0] != "serve")
 {
@@ -16,6 +17,7 @@ var address = IPAddress.Loopback;
 string? unix = null;
 bool readOnly = false;
 int workers = new NbdServerOptions().WorkerThreads;
+var splicing = new NbdServerOptions().FileReadSplicing;
 var exports = new List<(string Name, Func<IBlockStore> Open)>();
 for (int i = 1; i < args.Length; i++)
 {
@@ -27,6 +29,10 @@ for (int i = 1; i < args.Length; i++)
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
         case "--workers": workers = int.Parse(Next()); break;
+        // Tuning experiments (A/B runs for docs/performance.md), not settings a user needs.
+        case "--splice-minimum": RequestExecutor.SpliceMinimum = int.Parse(Next()); break;
+        case "--splice-file-reads": splicing = Enum.Parse<FileReadSplicing>(Next(), ignoreCase: true); break;
+        case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());
@@ -51,7 +57,7 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 
-var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers });
+var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers, FileReadSplicing = splicing });
 foreach (var (name, open) in exports)
     server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
 var bound = server.ListenTcp(new IPEndPoint(address, port));

@@ -63,6 +63,11 @@ public class TransmissionTests
     [InlineData(NbdCommand.Flush, 1UL, 0u, NbdError.Invalid)]                   // FLUSH must be 0/0
     [InlineData((NbdCommand)77, 0UL, 0u, NbdError.Invalid)]                    // unknown command
     [InlineData(NbdCommand.BlockStatus, 0UL, 512u, NbdError.Invalid)]          // without structured replies
+    [InlineData(NbdCommand.Read, 0UL, 0u, NbdError.Invalid)]                   // zero length: nbdkit's answers
+    [InlineData(NbdCommand.Write, 0UL, 0u, NbdError.NoSpace)]
+    [InlineData(NbdCommand.Trim, 0UL, 0u, NbdError.Invalid)]
+    [InlineData(NbdCommand.WriteZeroes, 0UL, 0u, NbdError.NoSpace)]
+    [InlineData(NbdCommand.Cache, 0UL, 0u, NbdError.Invalid)]
     public async Task Bad_requests_get_the_errno_the_spec_names_and_the_connection_survives(NbdCommand cmd, ulong offset, uint length, NbdError expected)
     {
         var (server, _) = Serve();
@@ -75,6 +80,33 @@ public class TransmissionTests
         Assert.Equal(expected, r.Error);
         Assert.Equal(9UL, r.Cookie);
         AssertStillServes(c);
+    }
+
+    [Theory]
+    [InlineData(NbdCommand.Read)]
+    [InlineData(NbdCommand.Write)]
+    [InlineData(NbdCommand.Trim)]
+    [InlineData(NbdCommand.WriteZeroes)]
+    [InlineData(NbdCommand.Cache)]
+    [InlineData(NbdCommand.BlockStatus)]
+    public async Task Zero_length_requests_with_structured_replies_get_one_valid_error_reply(NbdCommand cmd)
+    {
+        var (server, _) = Serve(StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Trim |
+                                StoreCapabilities.WriteZeroes | StoreCapabilities.Extents);
+        await using var __ = server;
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Go("d", structured: true, baseAllocation: true);
+        c.SendRequest(cmd, 4096, 0, cookie: 77);
+        var chunk = c.ReadChunk();
+        Assert.Equal(77UL, chunk.Cookie);
+        // Never an OFFSET_DATA chunk without data (libnbd drops the connection on that): one final error.
+        Assert.True((chunk.Flags & (ushort)NbdReplyChunkFlags.Done) != 0, "the only chunk must be final");
+        Assert.Contains(chunk.Type, new[] { NbdReplyChunkType.Error, NbdReplyChunkType.None });
+        var error = (NbdError)BinaryPrimitives.ReadUInt32BigEndian(chunk.Payload);
+        Assert.Equal(cmd is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid, error);
+        c.SendRequest(NbdCommand.Read, 0, 16, cookie: 1000);
+        var ok = c.ReadRead(structured: true, 0, 16);
+        Assert.Equal((NbdError.None, 1000UL), (ok.Error, ok.Cookie));
     }
 
     private static void AssertStillServes(RawNbdClient c)
