@@ -250,7 +250,14 @@ public sealed class FuseAttacher : IAsyncDisposable
             {
                 try
                 {
-                    if (FuseMount.Unmount(mountPoint, lazy: false)) actions.Add($"unmounted {mountPoint}");
+                    // A loop device just unbound may hold the file for a moment longer.
+                    bool unmounted = FuseMount.Unmount(mountPoint, lazy: false);
+                    for (int retry = 0; !unmounted && retry < 20; retry++)
+                    {
+                        await Task.Delay(50, ct).ConfigureAwait(false);
+                        unmounted = FuseMount.Unmount(mountPoint, lazy: false);
+                    }
+                    if (unmounted) actions.Add($"unmounted {mountPoint}");
                     else
                     {
                         FuseMount.Unmount(mountPoint, lazy: true);

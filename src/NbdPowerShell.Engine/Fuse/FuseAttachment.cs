@@ -90,6 +90,10 @@ public sealed class FuseAttachment
                     _logger.LogWarning("Final FLUSH to {Uri} failed: {Message}", Uri, e.Message);
                 }
             }
+            // The loop driver drops its reference to the file after its sysfs entry is gone, and FUSE sends the
+            // RELEASE after that: wait for it, or the unmount below would find the file still open.
+            for (var clock = System.Diagnostics.Stopwatch.StartNew(); _server.OpenHandles > 0 && IsServing && clock.Elapsed < TimeSpan.FromSeconds(5);)
+                await Task.Delay(10, ct).ConfigureAwait(false);
             if (!FuseMount.Unmount(MountPoint, lazy: false))
             {
                 // Something besides the loop device has the file open (or the loop device is still unbinding).

@@ -34,7 +34,7 @@ internal static partial class LoopDevice
 
     /// <summary>struct loop_info64 (232 bytes); only what we set is named.</summary>
     [StructLayout(LayoutKind.Explicit, Size = 232)]
-    private unsafe struct LoopInfo64
+    internal unsafe struct LoopInfo64
     {
         [FieldOffset(52)] public uint Flags;
         [FieldOffset(56)] public fixed byte FileName[64];
@@ -42,7 +42,7 @@ internal static partial class LoopDevice
 
     /// <summary>struct loop_config (304 bytes): fd, block_size, loop_info64, reserved.</summary>
     [StructLayout(LayoutKind.Explicit, Size = 304)]
-    private struct LoopConfig
+    internal struct LoopConfig
     {
         [FieldOffset(0)] public uint Fd;
         [FieldOffset(4)] public uint BlockSize;
