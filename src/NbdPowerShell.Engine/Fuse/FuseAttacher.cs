@@ -28,6 +28,16 @@ public sealed class FuseAttacher : IAsyncDisposable
     {
         _runtime = new FuseRuntimeDirectory(runtimeDirectory ?? FuseRuntimeDirectory.DefaultRuntimeDirectory);
         _logger = logger ?? NullLogger.Instance;
+        // The devices cannot outlive this process (it serves them): on a normal exit, SIGTERM included, take them
+        // down instead of leaving dead mounts for the next cleanup. Only SIGKILL and crashes skip this.
+        AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
+    }
+
+    private void OnProcessExit(object? sender, EventArgs e)
+    {
+        if (_attachments.IsEmpty) return;
+        try { DetachAllAsync(TimeSpan.FromSeconds(2)).Wait(TimeSpan.FromSeconds(20)); }
+        catch (AggregateException) { } // logged per attachment; the process is going away regardless
     }
 
     /// <summary>RUNTIME/fuse: the mount points and records of the attachments.</summary>
@@ -281,9 +291,15 @@ public sealed class FuseAttacher : IAsyncDisposable
     /// <summary>Detaches every attachment (forced: the owner is going away, and the devices cannot outlive it).</summary>
     public async ValueTask DisposeAsync()
     {
+        AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
+        await DetachAllAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+    }
+
+    private async Task DetachAllAsync(TimeSpan wait)
+    {
         foreach (var attachment in _attachments.Values)
         {
-            try { await attachment.DetachAsync(force: true, timeout: TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+            try { await attachment.DetachAsync(force: true, timeout: wait).ConfigureAwait(false); }
             catch (Exception e) when (e is NbdKernelException or IOException)
             {
                 _logger.LogWarning("Detaching {Device} failed: {Message}", attachment.LoopDevice, e.Message);
