@@ -3,13 +3,15 @@
 # ways in one run: through the engine's FUSE attach (bench host "fuse-attach") and through libnbd's
 # nbdfuse + losetup --direct-io=on. fio with direct I/O on the loop device: 1 MiB sequential read and
 # write (QD 8) and 4 KiB random read (QD 32). Rounds alternate which client goes first; the table shows
-# medians over the rounds and the CPU each FUSE server process used per I/O. Needs root, /dev/fuse,
-# loop devices, fio, nbdfuse and nbdkit. A benchmark, not a test: the machine's load moves the numbers.
+# medians over the rounds and the CPU each FUSE server process used per I/O. With --ceiling each round
+# also measures our FUSE server over a disk in its own memory (no NBD at all): the cost of the FUSE and
+# loop path alone. Needs root, /dev/fuse, loop devices, fio, nbdfuse and nbdkit. A benchmark, not a
+# test: the machine's load moves the numbers.
 #
-#   bench/fuse-fio.sh [--rounds 5] [--runtime 8] [--server nbdkit|engine] [--region 1G] [--connections N]
+#   bench/fuse-fio.sh [--rounds 5] [--runtime 8] [--server nbdkit|engine] [--region 1G] [--connections N] [--ceiling]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=5; runtime=8; server=nbdkit; region=1G; connections=
+rounds=5; runtime=8; server=nbdkit; region=1G; connections=; ceiling=
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) rounds=$2; shift 2;;
@@ -17,6 +19,7 @@ while [ $# -gt 0 ]; do
         --server) server=$2; shift 2;;
         --region) region=$2; shift 2;;
         --connections) connections=$2; shift 2;;
+        --ceiling) ceiling=1; shift;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
@@ -75,13 +78,14 @@ print(sys.argv[1], sys.argv[2], f"{bw:.0f}", f"{iops:.0f}", f"{ticks*1e6/hz/ios:
     done
 }
 
-run_engine() {
-    "$engine" fuse-attach --uri "$uri" --runtime-dir "$dir/run" ${connections:+--connections $connections} > "$dir/attach.out" 2>&1 &
+run_engine() { # [label fuse-attach-arguments...]
+    local label=${1:-engine-fuse}; shift || true
+    "$engine" fuse-attach ${@:---uri "$uri" ${connections:+--connections $connections}} --runtime-dir "$dir/run" > "$dir/attach.out" 2>&1 &
     client_pid=$!
     for _ in $(seq 300); do grep -q '^READY ' "$dir/attach.out" && break; sleep 0.1; done
     local dev; dev=$(awk '/^READY/ {print $2}' "$dir/attach.out")
     [ -n "$dev" ] || { cat "$dir/attach.out" >&2; exit 1; }
-    measure engine-fuse "$dev" "$client_pid"
+    measure "$label" "$dev" "$client_pid"
     kill -TERM "$client_pid"; wait "$client_pid" || true; client_pid=
 }
 
@@ -99,6 +103,7 @@ run_nbdfuse() {
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$rounds"); do
     if [ $((r % 2)) = 1 ]; then run_engine; run_nbdfuse; else run_nbdfuse; run_engine; fi
+    [ -z "$ceiling" ] || run_engine engine-memory --memory $(( size >> 20 ))
     echo "round $r done (load $(cut -d' ' -f1 /proc/loadavg))"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -117,6 +122,11 @@ for j in jobs:
     me, mn = statistics.median(e), statistics.median(n)
     print(f"{j:<20}{me:>9.0f} MiB/s {statistics.median(ei):>7.0f}/s{mn:>9.0f} MiB/s {statistics.median(ni):>7.0f}/s"
           f"{me / mn if mn else float('nan'):>7.2f}x{statistics.median(ec):>18.1f}{statistics.median(nc):>9.1f}")
+if any(r[0] == "engine-memory" for r in rows):
+    print("FUSE+loop path alone (our FUSE server over a disk in its own memory, no NBD):")
+    for j in jobs:
+        m, mi, mc = col("engine-memory", j, 2), col("engine-memory", j, 3), col("engine-memory", j, 4)
+        print(f"{j:<20}{statistics.median(m):>9.0f} MiB/s {statistics.median(mi):>7.0f}/s   CPU {statistics.median(mc):.1f} µs/IO")
 print()
 print("all runs (MiB/s): " + "; ".join(f"{j} engine {sorted(col('engine-fuse', j, 2))} nbdfuse {sorted(col('nbdfuse', j, 2))}" for j in jobs))
 EOF

@@ -8,6 +8,8 @@ namespace NbdPowerShell.Bench;
 /// The FUSE attacher outside PowerShell, for benchmarks and for tests that must kill the attaching process.
 ///   fuse-attach --uri URI [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]
 ///     prints "READY /dev/loopN ID MOUNTPOINT", serves until SIGINT/SIGTERM, detaches (forced) and prints statistics.
+///   fuse-attach --memory SIZE [--readers N] [...]: the same over a disk in this process's memory, without NBD
+///     (the FUSE and loop path alone; <see cref="MemoryDiskIo"/>).
 ///   fuse-cleanup [--runtime-dir DIR] [--force]
 ///     removes what dead owners left in DIR/fuse and prints one line per attachment.
 /// </summary>
@@ -16,6 +18,8 @@ internal static class FuseCommands
     public static async Task<int> RunAsync(string[] args)
     {
         string? uri = null, runtime = null;
+        long memory = 0;
+        int readers = 8;
         bool force = false;
         var options = new FuseAttachOptions();
         for (int i = 1; i < args.Length; i++)
@@ -24,6 +28,8 @@ internal static class FuseCommands
             switch (args[i])
             {
                 case "--uri": uri = Next(); break;
+                case "--memory": memory = long.Parse(Next().TrimEnd('M', 'm')) << 20; break;
+                case "--readers": readers = int.Parse(Next()); break;
                 case "--runtime-dir": runtime = Next(); break;
                 case "--connections": options = options with { Connections = int.Parse(Next()) }; break;
                 case "--read-only": options = options with { ReadOnly = true }; break;
@@ -43,12 +49,14 @@ internal static class FuseCommands
             foreach (var e in report.Skipped) Console.WriteLine($"SKIPPED {e.Id}: {string.Join("; ", e.Actions)}");
             return 0;
         }
-        if (args[0] != "fuse-attach" || uri is null)
+        if (args[0] != "fuse-attach" || (uri is null) == (memory == 0))
         {
-            Console.Error.WriteLine("usage: fuse-attach --uri URI [...] | fuse-cleanup [...]");
+            Console.Error.WriteLine("usage: fuse-attach --uri URI|--memory MIB [...] | fuse-cleanup [...]");
             return 2;
         }
-        var attachment = await attacher.AttachAsync(NbdUri.Parse(uri), options);
+        var attachment = uri is not null
+            ? await attacher.AttachAsync(NbdUri.Parse(uri), options)
+            : await attacher.AttachAsync(new MemoryDiskIo(memory), options, null, null, readers);
         Console.WriteLine($"READY {attachment.LoopDevice} {attachment.Id} {attachment.MountPoint}");
         var stop = new TaskCompletionSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.TrySetResult(); };

@@ -11,7 +11,7 @@ if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
-    Console.Error.WriteLine("       fuse-attach --uri URI [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
+    Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
     Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
     return 2;
 }

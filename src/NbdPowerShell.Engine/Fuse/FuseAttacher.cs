@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using NbdPowerShell.Engine.Client;
 using NbdPowerShell.Engine.Interop;
 using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Protocol;
 
 namespace NbdPowerShell.Engine.Fuse;
 
@@ -56,7 +57,7 @@ public sealed class FuseAttacher : IAsyncDisposable
     public static void EnsureAvailable()
     {
         KernelPreconditions.EnsureLinux();
-        if (Libc.GetEuid() != 0)
+        if (!KernelPreconditions.IsAdmin())
             throw new NbdPermissionDeniedException("Attaching through FUSE and a loop device must run as root (mounting and binding loop devices need CAP_SYS_ADMIN); run PowerShell with sudo.");
         if (!File.Exists("/dev/fuse"))
             throw new NbdFuseUnavailableException("/dev/fuse is missing: load the fuse module (modprobe fuse); in a container, pass the device (docker run --device /dev/fuse --cap-add SYS_ADMIN).");
@@ -80,16 +81,25 @@ public sealed class FuseAttacher : IAsyncDisposable
         var connections = await ConnectAsync(uri, options, client, ct).ConfigureAwait(false);
         var first = connections[0];
         var pool = new NbdConnectionPool(connections, token => NbdClient.ConnectAsync(uri, client, token), _logger);
-        bool readOnly = options.ReadOnly || first.IsReadOnly;
+        return await AttachAsync(pool, options, first.Export.MinimumBlockSize, first.Export.PreferredBlockSize, ct: ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Serves <paramref name="io"/> (which this call owns from here on, also when it fails) as a FUSE file and binds a
+    /// loop device to it. The block-size hints are the export's NBD_INFO_BLOCK_SIZE minimum and preferred sizes.
+    /// </summary>
+    internal async Task<FuseAttachment> AttachAsync(INbdBlockIo io, FuseAttachOptions options, int? minimumBlockSize, int? preferredBlockSize, int readers = 2, CancellationToken ct = default)
+    {
+        bool readOnly = options.ReadOnly || io.Flags.HasFlag(TransmissionFlags.ReadOnly);
         int blockSize;
         try
         {
-            if (first.Size <= 0) throw new NbdFuseException($"{first.Uri} is empty (size {first.Size}); there is nothing to attach.");
-            blockSize = KernelAttacher.ChooseBlockSize(first.Size, first.Export.MinimumBlockSize, first.Export.PreferredBlockSize, options.BlockSize, Environment.SystemPageSize);
+            if (io.Size <= 0) throw new NbdFuseException($"{io.Uri} is empty (size {io.Size}); there is nothing to attach.");
+            blockSize = KernelAttacher.ChooseBlockSize(io.Size, minimumBlockSize, preferredBlockSize, options.BlockSize, Environment.SystemPageSize);
         }
         catch
         {
-            await pool.DisposeAsync().ConfigureAwait(false);
+            await io.DisposeAsync().ConfigureAwait(false);
             throw;
         }
 
@@ -97,13 +107,13 @@ public sealed class FuseAttacher : IAsyncDisposable
         int pid = Environment.ProcessId;
         var record = new FuseAttachmentRecord
         {
-            Id = id, Uri = first.Uri.ToString(), MountPoint = _runtime.MountPointOf(id), BackingFile = _runtime.BackingFileOf(id),
-            Size = first.Size, BlockSize = blockSize, ReadOnly = readOnly, Connections = connections.Count,
+            Id = id, Uri = io.Uri.ToString(), MountPoint = _runtime.MountPointOf(id), BackingFile = _runtime.BackingFileOf(id),
+            Size = io.Size, BlockSize = blockSize, ReadOnly = readOnly, Connections = io.Connections,
             OwnerPid = pid, OwnerStartTime = FuseRuntimeDirectory.StartTimeOf(pid), AttachedAt = DateTimeOffset.UtcNow, Options = options,
         };
         var serverOptions = new FuseDiskServerOptions
         {
-            ReadOnly = readOnly, BlockSize = blockSize, MaxInFlight = options.MaxInFlight, Uid = Libc.GetEuid(), Gid = Libc.GetEgid(),
+            ReadOnly = readOnly, BlockSize = blockSize, MaxInFlight = options.MaxInFlight, Readers = readers, Uid = Libc.GetEuid(), Gid = Libc.GetEgid(),
         };
 
         FuseDiskServer? server = null;
@@ -113,13 +123,13 @@ public sealed class FuseAttacher : IAsyncDisposable
             _runtime.CreateMountPoint(id);
             _runtime.Save(record); // before mounting: a crash from here on leaves something cleanup can attribute
             var device = FuseMount.Mount(record.MountPoint, id, readOnly, serverOptions.MaxRequestBytes, serverOptions.Uid, serverOptions.Gid);
-            server = new FuseDiskServer(device, pool, serverOptions, _logger);
+            server = new FuseDiskServer(device, io, serverOptions, _logger);
             server.Start();
             await server.Initialized.WaitAsync(InitTimeout, ct).ConfigureAwait(false);
 
             loop = await Task.Run(() => LoopDevice.Attach(record.BackingFile, readOnly, options.DirectIo, blockSize), ct).ConfigureAwait(false);
             var info = LoopDevice.Get(loop.Value) ?? throw new NbdFuseException($"/dev/loop{loop} vanished right after it was bound.");
-            long expected = first.Size / blockSize * blockSize;
+            long expected = io.Size / blockSize * blockSize;
             if (info.Size != expected)
                 throw new NbdFuseException($"/dev/loop{loop} shows {info.Size} bytes instead of {expected}.");
             if (options.DirectIo && !info.DirectIo)
@@ -127,14 +137,14 @@ public sealed class FuseAttacher : IAsyncDisposable
             record = record with { LoopIndex = loop, DirectIo = info.DirectIo };
             _runtime.Save(record);
 
-            var attachment = new FuseAttachment(this, record, first.Uri, server, pool, _logger);
+            var attachment = new FuseAttachment(this, record, io.Uri, server, io, _logger);
             _attachments[id] = attachment;
-            _logger.LogInformation("Attached {Uri} as {Device} through FUSE ({Connections} connection(s), {Mode})", first.Uri, record.LoopDevice, connections.Count, readOnly ? "read-only" : "read-write");
+            _logger.LogInformation("Attached {Uri} as {Device} through FUSE ({Connections} connection(s), {Mode})", io.Uri, record.LoopDevice, io.Connections, readOnly ? "read-only" : "read-write");
             return attachment;
         }
         catch (Exception e)
         {
-            _logger.LogWarning("Attaching {Uri} through FUSE failed ({Message}); undoing", uri, e.Message);
+            _logger.LogWarning("Attaching {Uri} through FUSE failed ({Message}); undoing", io.Uri, e.Message);
             if (loop is int index)
             {
                 try
@@ -147,7 +157,7 @@ public sealed class FuseAttacher : IAsyncDisposable
             try { FuseMount.Unmount(record.MountPoint, lazy: true); }
             catch (NbdFuseException undo) { _logger.LogWarning("Could not unmount {MountPoint}: {Message}", record.MountPoint, undo.Message); }
             server?.Dispose();
-            await pool.DisposeAsync().ConfigureAwait(false);
+            await io.DisposeAsync().ConfigureAwait(false);
             _runtime.Remove(id);
             throw;
         }

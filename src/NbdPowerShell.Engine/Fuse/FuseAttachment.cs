@@ -15,18 +15,18 @@ public sealed class FuseAttachment
 
     private readonly FuseAttacher _owner;
     private readonly FuseDiskServer _server;
-    private readonly NbdConnectionPool _pool;
+    private readonly INbdBlockIo _io;
     private readonly ILogger _logger;
     private readonly SemaphoreSlim _detaching = new(1, 1);
     private bool _detached;
 
-    internal FuseAttachment(FuseAttacher owner, FuseAttachmentRecord record, NbdUri uri, FuseDiskServer server, NbdConnectionPool pool, ILogger logger)
+    internal FuseAttachment(FuseAttacher owner, FuseAttachmentRecord record, NbdUri uri, FuseDiskServer server, INbdBlockIo io, ILogger logger)
     {
         _owner = owner;
         Record = record;
         Uri = uri;
         _server = server;
-        _pool = pool;
+        _io = io;
         _logger = logger;
     }
 
@@ -51,7 +51,7 @@ public sealed class FuseAttachment
     /// <summary>Completes when the FUSE server stops.</summary>
     public Task Completion => _server.Completion;
 
-    public FuseDiskStatistics Statistics => FuseDiskStatistics.From(_server.Counters, _pool.Reconnects);
+    public FuseDiskStatistics Statistics => FuseDiskStatistics.From(_server.Counters, _io.Reconnects);
 
     /// <summary>The loop device as the kernel shows it now (mount points, holders, partitions); null once unbound.</summary>
     public LoopDeviceInfo? Device => Record.LoopIndex is int i && Fuse.LoopDevice.Get(i) is { } info && info.BackingFile == BackingFile ? info : null;
@@ -84,7 +84,7 @@ public sealed class FuseAttachment
             if (!IsReadOnly && IsServing)
             {
                 // The loop driver does not flush on unbind: writes the kernel completed may still sit in the server's cache.
-                try { await _pool.FlushAsync(ct).ConfigureAwait(false); }
+                try { await _io.FlushAsync(ct).ConfigureAwait(false); }
                 catch (Exception e) when (e is NbdClientException or IOException or ObjectDisposedException)
                 {
                     _logger.LogWarning("Final FLUSH to {Uri} failed: {Message}", Uri, e.Message);
@@ -111,7 +111,7 @@ public sealed class FuseAttachment
     internal async Task StopAsync()
     {
         _server.Dispose(); // aborts the connection if it is still (lazily) mounted
-        await _pool.DisposeAsync().ConfigureAwait(false);
+        await _io.DisposeAsync().ConfigureAwait(false);
         _owner.Forget(this);
     }
 

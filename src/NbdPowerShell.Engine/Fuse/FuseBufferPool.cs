@@ -8,7 +8,7 @@ namespace NbdPowerShell.Engine.Fuse;
 /// pool size bounds the requests in flight; buffers are made on first need and reused after that, so steady-state
 /// I/O allocates none. Pinned (on the POH) because the syscalls take their address.
 /// </summary>
-internal sealed class FuseBufferPool : IDisposable
+internal sealed class FuseBufferPool
 {
     private readonly ConcurrentBag<byte[]> _free = new();
     private readonly SemaphoreSlim _slots;
@@ -38,6 +38,4 @@ internal sealed class FuseBufferPool : IDisposable
         _free.Add(buffer);
         _slots.Release();
     }
-
-    public void Dispose() => _slots.Dispose();
 }

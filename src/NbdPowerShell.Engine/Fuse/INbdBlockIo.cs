@@ -4,10 +4,11 @@ using NbdPowerShell.Engine.Protocol;
 namespace NbdPowerShell.Engine.Fuse;
 
 /// <summary>
-/// The NBD export as the FUSE server uses it: positional reads and writes, flush, trim and zeroing, all of which
-/// may be called concurrently from many requests at once. Implemented today by <see cref="NbdConnectionPool"/>
-/// (one request in flight per connection); a pipelined client (many requests per connection, replies out of
-/// order) replaces that one file without touching the FUSE side.
+/// The NBD export as the FUSE server uses it: positional reads and writes, flush and zeroing, all of which may be
+/// called concurrently from many requests at once, completing synchronously or not. Implemented today by
+/// <see cref="NbdConnectionPool"/> (one request in flight per connection); a pipelined client (many requests per
+/// connection, replies out of order) replaces that file, and the line in FuseAttacher.AttachAsync that makes it,
+/// without touching the FUSE side.
 /// </summary>
 internal interface INbdBlockIo : IAsyncDisposable
 {
@@ -16,6 +17,8 @@ internal interface INbdBlockIo : IAsyncDisposable
     TransmissionFlags Flags { get; }
     /// <summary>Connections to the server (open or to be reopened).</summary>
     int Connections { get; }
+    /// <summary>Connections opened again after one broke.</summary>
+    long Reconnects { get; }
 
     /// <summary>Fills <paramref name="buffer"/> from <paramref name="offset"/>; the range lies inside the export.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct = default);

@@ -15,15 +15,32 @@ namespace NbdPowerShell.Engine.Tests.Fuse;
 /// leaves a state the cleanup removes completely, and the cleanup never touches a live owner's attachment.
 /// </summary>
 [Collection("Fuse")]
-public sealed class FuseCleanupTests
+public sealed class FuseCleanupTests : IAsyncLifetime
 {
+    private readonly TestServer _server = new();
+
+    public Task InitializeAsync()
+    {
+        _server.Add("disk", new MemoryBlockStore(64L << 20));
+        return Task.CompletedTask;
+    }
+
+    public Task DisposeAsync() => _server.DisposeAsync().AsTask();
+
+    private NbdUri Disk => NbdUri.ForTcp("127.0.0.1", _server.Port, "disk");
+
+    /// <summary>Attaches the disk in <paramref name="scope"/>, makes ext4 on it and mounts that.</summary>
+    private async Task<(FuseAttachment Attachment, string MountPoint)> AttachMountedAsync(FuseTestScope scope)
+    {
+        var attachment = await scope.Attacher.AttachAsync(Disk, client: Options);
+        RunOk("mkfs.ext4", "-q", "-F", attachment.LoopDevice);
+        return (attachment, scope.MountExt4(attachment.LoopDevice));
+    }
     [FuseFact]
     public async Task Killed_owner_leaves_a_state_the_cleanup_removes_completely()
     {
-        await using var server = new TestServer();
-        server.Add("disk", new MemoryBlockStore(64L << 20));
         await using var scope = new FuseTestScope();
-        using var host = FuseAttachHost.Start(NbdUri.ForTcp("127.0.0.1", server.Port, "disk"), scope.RuntimeDirectory);
+        using var host = FuseAttachHost.Start(Disk, scope.RuntimeDirectory);
 
         // The child serves the device: our data goes through it.
         var data = RandomNumberGenerator.GetBytes(1 << 20);
@@ -55,10 +72,8 @@ public sealed class FuseCleanupTests
     [FuseFact]
     public async Task Cleanup_leaves_a_live_owners_attachment_alone()
     {
-        await using var server = new TestServer();
-        server.Add("disk", new MemoryBlockStore(16L << 20));
         await using var scope = new FuseTestScope();
-        var attachment = await scope.Attacher.AttachAsync(NbdUri.ForTcp("127.0.0.1", server.Port, "disk"), client: Options);
+        var attachment = await scope.Attacher.AttachAsync(Disk, client: Options);
 
         // Another attacher on the same directory (a second service instance, or a cleanup run at start) sees an owner that runs.
         var report = await new FuseAttacher(scope.RuntimeDirectory).CleanUpAsync(force: true);
@@ -82,12 +97,8 @@ public sealed class FuseCleanupTests
     [FuseFact]
     public async Task Detach_refuses_a_mounted_device_until_it_is_unmounted()
     {
-        await using var server = new TestServer();
-        server.Add("disk", new MemoryBlockStore(64L << 20));
         await using var scope = new FuseTestScope();
-        var attachment = await scope.Attacher.AttachAsync(NbdUri.ForTcp("127.0.0.1", server.Port, "disk"), client: Options);
-        RunOk("mkfs.ext4", "-q", "-F", attachment.LoopDevice);
-        string mnt = scope.MountExt4(attachment.LoopDevice);
+        var (attachment, mnt) = await AttachMountedAsync(scope);
         File.WriteAllText(Path.Combine(mnt, "hello.txt"), "still here");
 
         var refused = await Assert.ThrowsAsync<NbdDeviceMountedException>(() => attachment.DetachAsync());
@@ -105,12 +116,8 @@ public sealed class FuseCleanupTests
     [FuseFact]
     public async Task Forced_detach_of_a_mounted_device_frees_everything_once_it_is_unmounted()
     {
-        await using var server = new TestServer();
-        server.Add("disk", new MemoryBlockStore(64L << 20));
         await using var scope = new FuseTestScope();
-        var attachment = await scope.Attacher.AttachAsync(NbdUri.ForTcp("127.0.0.1", server.Port, "disk"), client: Options);
-        RunOk("mkfs.ext4", "-q", "-F", attachment.LoopDevice);
-        string mnt = scope.MountExt4(attachment.LoopDevice);
+        var (attachment, mnt) = await AttachMountedAsync(scope);
 
         await attachment.DetachAsync(force: true, timeout: TimeSpan.FromSeconds(2));
         Assert.False(attachment.IsServing);
@@ -142,19 +149,8 @@ public sealed class FuseCleanupTests
 
         public static FuseAttachHost Start(NbdUri uri, string runtimeDirectory)
         {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-            foreach (var a in new[] { BenchHost.Locate(), "fuse-attach", "--uri", uri.ToString(), "--runtime-dir", runtimeDirectory })
-                psi.ArgumentList.Add(a);
-            var process = Process.Start(psi)!;
-            var stderr = process.StandardError.ReadToEndAsync();
-            var line = process.StandardOutput.ReadLineAsync();
-            if (!line.Wait(TimeSpan.FromSeconds(60)) || line.Result is not { } ready || !ready.StartsWith("READY ", StringComparison.Ordinal))
-            {
-                try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-                process.WaitForExit(10_000);
-                Assert.Fail($"fuse-attach did not report READY; stderr:\n{(stderr.IsCompleted ? stderr.Result : "")}");
-            }
-            return new FuseAttachHost(process, line.Result!.Split(' '));
+            var (process, ready) = BenchHost.Launch("fuse-attach", "--uri", uri.ToString(), "--runtime-dir", runtimeDirectory);
+            return new FuseAttachHost(process, ready.Split(' '));
         }
 
         /// <summary>SIGKILL: the owner gets no chance to detach, unmount or close anything.</summary>
