@@ -23,15 +23,13 @@ public sealed class FuseAttacher : IAsyncDisposable
     private readonly ConcurrentDictionary<string, FuseAttachment> _attachments = new();
     private readonly FuseRuntimeDirectory _runtime;
     private readonly ILogger _logger;
+    private int _exitHooked;
 
     /// <param name="runtimeDirectory">Where RUNTIME/fuse lives; null takes NBDPOWERSHELL_RUNTIME_DIR, else /run/nbdpowershell.</param>
     public FuseAttacher(string? runtimeDirectory = null, ILogger? logger = null)
     {
         _runtime = new FuseRuntimeDirectory(runtimeDirectory ?? FuseRuntimeDirectory.DefaultRuntimeDirectory);
         _logger = logger ?? NullLogger.Instance;
-        // The devices cannot outlive this process (it serves them): on a normal exit, SIGTERM included, take them
-        // down instead of leaving dead mounts for the next cleanup. Only SIGKILL and crashes skip this.
-        AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
     }
 
     private void OnProcessExit(object? sender, EventArgs e)
@@ -139,6 +137,10 @@ public sealed class FuseAttacher : IAsyncDisposable
 
             var attachment = new FuseAttachment(this, record, io.Uri, server, io, _logger);
             _attachments[id] = attachment;
+            // The devices cannot outlive this process (it serves them): on a normal exit, SIGTERM included, take
+            // them down instead of leaving dead mounts for the next cleanup. Only SIGKILL and crashes skip this.
+            if (Interlocked.Exchange(ref _exitHooked, 1) == 0)
+                AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
             _logger.LogInformation("Attached {Uri} as {Device} through FUSE ({Connections} connection(s), {Mode})", io.Uri, record.LoopDevice, io.Connections, readOnly ? "read-only" : "read-write");
             return attachment;
         }
@@ -301,7 +303,8 @@ public sealed class FuseAttacher : IAsyncDisposable
     /// <summary>Detaches every attachment (forced: the owner is going away, and the devices cannot outlive it).</summary>
     public async ValueTask DisposeAsync()
     {
-        AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
+        if (Interlocked.Exchange(ref _exitHooked, 0) == 1)
+            AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
         await DetachAllAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false);
     }
 
