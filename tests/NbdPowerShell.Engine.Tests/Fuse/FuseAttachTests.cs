@@ -135,6 +135,35 @@ public sealed class FuseAttachTests
         await attachment.DetachAsync();
     }
 
+    /// <summary>The server goes away and comes back (a restart): the next requests reconnect and the disk carries on.</summary>
+    [FuseFact]
+    public async Task Reconnects_when_the_server_restarts()
+    {
+        await using var scope = new FuseTestScope();
+        string image = Path.Combine(scope.Directory, "disk.img");
+        using (var f = File.Create(image)) f.SetLength(16L << 20);
+        string sock = Path.Combine(scope.Directory, "nbd.sock");
+        var nbdkit = PeerServer.NbdkitUnixAt(sock, "file", image);
+        FuseAttachment attachment;
+        var data = RandomNumberGenerator.GetBytes(1 << 20);
+        try
+        {
+            attachment = await scope.Attacher.AttachAsync(nbdkit.Uri, new FuseAttachOptions { Connections = 2 }, Options);
+            FuseTestScope.WriteDevice(attachment.LoopDevice, 0, data);
+        }
+        finally { nbdkit.Dispose(); }
+
+        using var restarted = PeerServer.NbdkitUnixAt(sock, "file", image);
+        Assert.Equal(data, FuseTestScope.ReadDevice(attachment.LoopDevice, 0, data.Length));
+        FuseTestScope.WriteDevice(attachment.LoopDevice, 4 << 20, data);
+        Assert.Equal(data, FuseTestScope.ReadDevice(attachment.LoopDevice, 4 << 20, data.Length));
+        var stats = attachment.Statistics;
+        Assert.True(stats.Reconnects >= 1, "the pool must have reopened a connection");
+        Assert.Equal(0, stats.Errors);
+        await attachment.DetachAsync();
+        Assert.Equal(data, File.ReadAllBytes(image).AsSpan(4 << 20, data.Length).ToArray());
+    }
+
     [FuseFact]
     public async Task Tls_export_attaches_over_nbds()
     {
