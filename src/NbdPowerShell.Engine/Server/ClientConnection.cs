@@ -103,16 +103,32 @@ internal sealed class ClientConnection
 
     private NegotiatedSession? Negotiate()
     {
-        // The deadline closes the socket under a client that stalls mid-handshake. Finishing and
-        // expiring race for one state change, so a client that completes just in time is not dropped.
-        using var deadline = new Timer(_ =>
+        // The deadline closes the socket under a client that stalls mid-handshake: one that sends
+        // nothing for a whole HandshakeTimeout. It measures silence, not the length of the handshake,
+        // because a TLS handshake on a starved machine (a loaded CI runner, an emulated VM) can take
+        // longer than any fixed limit while both sides keep making progress. Finishing and expiring
+        // race for one state change, so a client that completes just in time is not dropped.
+        long seen = _transport.BytesReceived;
+        Timer? deadline = null;
+        deadline = new Timer(_ =>
         {
+            long now = _transport.BytesReceived;
+            if (now != seen && Volatile.Read(ref _handshakeState) == Negotiating)
+            {
+                seen = now;
+                try { deadline!.Change(_server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan); }
+                catch (ObjectDisposedException) { }
+                return;
+            }
             if (Interlocked.CompareExchange(ref _handshakeState, Expired, Negotiating) == Negotiating)
             {
-                _log.LogInformation("Client {Client} did not finish negotiating in time; dropping it", ClientAddress);
+                _log.LogInformation("Client {Client} sent nothing for {Timeout}s while negotiating; dropping it",
+                    ClientAddress, _server.Options.HandshakeTimeout.TotalSeconds);
                 _transport.Shutdown();
             }
-        }, null, _server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
+        }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        using var disposeDeadline = deadline;
+        deadline.Change(_server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
         var negotiator = new OptionNegotiator(_server, this, _transport, new BufferedReader(_transport), _log);
         NegotiatedSession? session;
         try

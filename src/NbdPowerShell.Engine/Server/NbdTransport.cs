@@ -15,6 +15,12 @@ internal abstract class NbdTransport : IDisposable
     /// <summary>Reads at least one byte; returns 0 at end of stream.</summary>
     public abstract int Read(Span<byte> buffer);
 
+    /// <summary>
+    /// Bytes read from the peer so far, including those a TLS layer above consumed. The handshake
+    /// deadline uses it to tell a client that stalls from one that is merely slow.
+    /// </summary>
+    public abstract long BytesReceived { get; }
+
     /// <summary>Sends head then body as one message.</summary>
     public abstract void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body);
 

@@ -61,11 +61,19 @@ internal sealed class SocketTransport : NbdTransport
         }
     }
 
+    // Written by the one reader thread; read racily by the handshake deadline timer, which only
+    // needs to see that it moved.
+    private long _bytesReceived;
+
+    public override long BytesReceived => Volatile.Read(ref _bytesReceived);
+
     public override int Read(Span<byte> buffer)
     {
         try
         {
-            return _socket.Receive(buffer, SocketFlags.None);
+            int n = _socket.Receive(buffer, SocketFlags.None);
+            Volatile.Write(ref _bytesReceived, _bytesReceived + n);
+            return n;
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.Shutdown
                                             or SocketError.ConnectionAborted or SocketError.OperationAborted)

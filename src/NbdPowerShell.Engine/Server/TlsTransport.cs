@@ -27,6 +27,8 @@ internal sealed class TlsTransport : NbdTransport
 
     public override bool PeerIsLocal => _inner.PeerIsLocal;
 
+    public override long BytesReceived => _inner.BytesReceived;
+
     public X509Certificate? ClientCertificate => _stream.RemoteCertificate;
 
     /// <summary>Runs the server side of the TLS handshake over <paramref name="inner"/>; throws AuthenticationException on failure.</summary>
