@@ -5,9 +5,16 @@ using NbdPowerShell.Engine.Storage;
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
+//        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
+// Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
+if (args.Length > 0 && args[0] is "copy" or "hash")
+    return await DiskCommands.RunAsync(args);
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    Console.Error.WriteLine("       copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]");
+    Console.Error.WriteLine("       hash SOURCE [--algorithm NAME] [--connections N]");
     return 2;
 }
 
