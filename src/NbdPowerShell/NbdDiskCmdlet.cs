@@ -75,48 +75,45 @@ public abstract class NbdDiskCmdlet : NbdClientCmdlet
     /// </summary>
     protected T RunWithProgress<T>(Task<T> task, DiskProgress progress, string activity, string what)
     {
-        var record = new ProgressRecord(Interlocked.Increment(ref _nextActivityId), activity, what);
-        bool succeeded = false;
+        // A new record each time: hosts may keep the records they were given (a runspace's Streams.Progress does).
+        int id = Interlocked.Increment(ref _nextActivityId);
         try
         {
             do
             {
                 DrainEngineLog();
-                Describe(record, progress, what);
-                WriteProgress(record);
+                WriteProgress(Describe(id, activity, progress, what));
             }
             while (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(250));
-            succeeded = task.IsCompletedSuccessfully;
-            if (succeeded)
+            if (task.IsCompletedSuccessfully)
             {
-                Describe(record, progress, what);
-                record.PercentComplete = 100;
-                record.SecondsRemaining = 0;
-                WriteProgress(record);
+                var done = Describe(id, activity, progress, what);
+                done.PercentComplete = 100;
+                done.SecondsRemaining = 0;
+                WriteProgress(done);
             }
         }
         finally
         {
             if (!CancelToken.IsCancellationRequested)
-            {
-                record.RecordType = ProgressRecordType.Completed;
-                WriteProgress(record);
-            }
+                WriteProgress(new ProgressRecord(id, activity, what) { RecordType = ProgressRecordType.Completed });
         }
         DrainEngineLog();
         return task.GetAwaiter().GetResult();
     }
 
-    private static void Describe(ProgressRecord record, DiskProgress progress, string what)
+    private static ProgressRecord Describe(int id, string activity, DiskProgress progress, string what)
     {
         long total = progress.Total, done = progress.Done;
         double seconds = progress.Elapsed.TotalSeconds;
         double rate = seconds > 0.2 ? done / seconds : 0;
-        record.PercentComplete = total > 0 ? (int)Math.Min(99, done * 100 / total) : 0;
-        record.SecondsRemaining = rate > 0 ? (int)Math.Min(int.MaxValue, (total - done) / rate) : -1;
         string rateText = rate > 0 ? $" at {DiskCopy.Bytes((long)rate)}/s" : "";
-        record.StatusDescription = $"{progress.Phase} {what}: {DiskCopy.Bytes(done)} of {DiskCopy.Bytes(total)}{rateText}";
-        record.CurrentOperation = $"{DiskCopy.Bytes(progress.BytesRead)} read, {DiskCopy.Bytes(progress.BytesWritten)} written";
+        return new ProgressRecord(id, activity, $"{progress.Phase} {what}: {DiskCopy.Bytes(done)} of {DiskCopy.Bytes(total)}{rateText}")
+        {
+            PercentComplete = total > 0 ? (int)Math.Min(99, done * 100 / total) : 0,
+            SecondsRemaining = rate > 0 ? (int)Math.Min(int.MaxValue, (total - done) / rate) : -1,
+            CurrentOperation = $"{DiskCopy.Bytes(progress.BytesRead)} read, {DiskCopy.Bytes(progress.BytesWritten)} written",
+        };
     }
 
     /// <summary>
