@@ -261,7 +261,7 @@ public sealed class DiskCopy : IAsyncDisposable
         };
     }
 
-    /// <summary>The caller's size, or 2 MiB (or the servers' preferred size if larger), capped by both maxima and aligned to both minima.</summary>
+    /// <summary>The caller's size, or 256 KiB (or the source server's preferred size if larger), capped by both maxima and aligned to both minima.</summary>
     internal static int ChooseRequestSize(IDisk source, IDisk destination, int requested)
     {
         int align = Math.Max(Math.Max(source.Alignment, destination.Alignment), 1);

@@ -34,6 +34,10 @@ public sealed record DiskCopyOptions
     /// <summary>Largest request size accepted from callers.</summary>
     public const int MaximumRequestSize = NbdBlockClient.DefaultMaximumRequestSize;
 
-    /// <summary>What the copier uses unless the servers prefer more: big enough that per-request costs vanish.</summary>
-    internal const int DefaultRequestSize = 2 * 1024 * 1024;
+    /// <summary>
+    /// What the copier uses unless the servers prefer more. Small enough that every worker's buffer stays in the CPU
+    /// cache between the socket read and the write out (measured here: 256 KiB requests cost half the CPU time of
+    /// 2 MiB ones), large enough that per-request costs vanish. nbdcopy uses the same size.
+    /// </summary>
+    internal const int DefaultRequestSize = 256 * 1024;
 }
