@@ -255,11 +255,14 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
         return Pick().Submit(NbdCommand.BlockStatus, NbdCommandFlags.None, offset, asked, default, default, extents, ct);
     }
 
-    /// <summary>Fails every request in flight at once and closes the connections (no goodbye to the server).</summary>
+    /// <summary>
+    /// Fails every request in flight at once and shuts the connections down (no goodbye to the server). Returns
+    /// without waiting, so it is safe from a cancellation callback; dispose the client afterwards.
+    /// </summary>
     public void Abort()
     {
         foreach (var c in _connections)
-            c.Dispose();
+            c.Abort();
     }
 
     /// <summary>Waits briefly for requests in flight, says goodbye (NBD_CMD_DISC) on every connection and closes them.</summary>

@@ -411,6 +411,13 @@ internal sealed class PipelinedConnection : IDisposable
         Dispose();
     }
 
+    /// <summary>
+    /// Fails every request in flight and shuts the socket down, without waiting for anything: safe from any thread,
+    /// also while this connection's reader thread is busy in a caller's continuation. <see cref="Dispose"/> still
+    /// has to release the socket.
+    /// </summary>
+    public void Abort() => Fail(new ObjectDisposedException(nameof(NbdBlockClient), "The NBD client was aborted."));
+
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)

@@ -296,6 +296,8 @@ public class NbdBlockClientTests
         await Task.Delay(200);
         client.Abort();
         await Assert.ThrowsAsync<ObjectDisposedException>(() => read.WaitAsync(TimeSpan.FromSeconds(4)));
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => client.ReadAsync(0, new byte[4096]).AsTask());
+        await client.DisposeAsync();
     }
 }
 
