@@ -5,6 +5,24 @@ internal static class DiskCommands
 {
     public static async Task<int> RunAsync(string[] args)
     {
+        try
+        {
+            return await RunCoreAsync(args);
+        }
+        catch (DiskOperationCanceledException e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 130;
+        }
+        catch (Exception e) when (e is DiskIOException or DiskDestinationException)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 1;
+        }
+    }
+
+    private static async Task<int> RunCoreAsync(string[] args)
+    {
         var positional = new List<string>();
         var options = DiskCopyOptions.Default;
         int repeat = 1;
