@@ -63,12 +63,6 @@ public sealed class DiskCopy : IAsyncDisposable
 
     public IDisk Source { get; }
 
-    /// <summary>The destination; null until <see cref="RunAsync"/> creates it when it did not exist.</summary>
-    public IDisk? Destination => _destination;
-
-    /// <summary>The destination file does not exist yet and will be created with the source's size.</summary>
-    public bool CreatesDestination => _createPath is not null;
-
     /// <summary>The destination has content that the copy overwrites.</summary>
     public bool Overwrites { get; }
 

@@ -10,12 +10,11 @@ namespace NbdPowerShell.Engine.Copy;
 /// </summary>
 public sealed class LocalDisk : IDisk
 {
-    private LocalDisk(FileBlockStore store, string path, bool created)
+    private LocalDisk(FileBlockStore store, string path, bool zeroed)
     {
         Store = store;
         Name = path;
-        Created = created;
-        IsZeroed = created;
+        IsZeroed = zeroed;
     }
 
     internal FileBlockStore Store { get; }
@@ -31,11 +30,8 @@ public sealed class LocalDisk : IDisk
     public int Connections => 1;
     public bool IsZeroed { get; private set; }
 
-    /// <summary>True when this disk was created by <see cref="Create"/>.</summary>
-    public bool Created { get; }
-
     /// <summary>Opens an existing file or block device; see <see cref="FileBlockStore.Open"/> for the exceptions.</summary>
-    public static LocalDisk Open(string path, bool writable) => new(FileBlockStore.Open(path, readOnly: !writable), path, created: false);
+    public static LocalDisk Open(string path, bool writable) => new(FileBlockStore.Open(path, readOnly: !writable), path, zeroed: false);
 
     /// <summary>Creates a new sparse file of <paramref name="size"/> bytes (it must not exist), reading as zeroes.</summary>
     public static LocalDisk Create(string path, long size)
@@ -44,7 +40,7 @@ public sealed class LocalDisk : IDisk
             f.SetLength(size);
         try
         {
-            return new(FileBlockStore.Open(path, readOnly: false), path, created: true);
+            return new(FileBlockStore.Open(path, readOnly: false), path, zeroed: true);
         }
         catch
         {
