@@ -4,17 +4,23 @@ using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
+//          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 //        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
 //        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
 // Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
+//        NbdPowerShell.Bench fuse-attach|fuse-cleanup ... (see FuseCommands.cs)
 if (args.Length > 0 && args[0] is "copy" or "hash")
     return await DiskCommands.RunAsync(args);
+if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
+    return await NbdPowerShell.Bench.FuseCommands.RunAsync(args);
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
     Console.Error.WriteLine("       copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]");
     Console.Error.WriteLine("       hash SOURCE [--algorithm NAME] [--connections N]");
+    Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
+    Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
     return 2;
 }
 
@@ -23,6 +29,7 @@ var address = IPAddress.Loopback;
 string? unix = null;
 bool readOnly = false;
 int workers = new NbdServerOptions().WorkerThreads;
+var splicing = new NbdServerOptions().FileReadSplicing;
 var exports = new List<(string Name, Func<IBlockStore> Open)>();
 for (int i = 1; i < args.Length; i++)
 {
@@ -34,6 +41,10 @@ for (int i = 1; i < args.Length; i++)
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
         case "--workers": workers = int.Parse(Next()); break;
+        // Tuning experiments (A/B runs for docs/performance.md), not settings a user needs.
+        case "--splice-minimum": RequestExecutor.SpliceMinimum = int.Parse(Next()); break;
+        case "--splice-file-reads": splicing = Enum.Parse<FileReadSplicing>(Next(), ignoreCase: true); break;
+        case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());
@@ -58,7 +69,7 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 
-var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers });
+var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers, FileReadSplicing = splicing });
 foreach (var (name, open) in exports)
     server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
 var bound = server.ListenTcp(new IPEndPoint(address, port));
