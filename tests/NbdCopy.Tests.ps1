@@ -226,16 +226,7 @@ Describe 'Copy-NbdDisk with nbdkit and qemu-nbd' -Skip:(-not ($IsLinux -and $Has
 
     It 'reads a TLS export (nbds://) with a CA and refuses it without one' -Skip:(-not $HasOpenssl) {
         $pki = Join-Path $dir 'pki'
-        $null = New-Item -ItemType Directory $pki
-        Push-Location $pki
-        try {
-            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 1 -subj '/CN=NbdPowerShell Copy CA' `
-                -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>$null
-            openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj '/CN=localhost' 2>$null
-            Set-Content server.ext "subjectAltName=DNS:localhost,IP:127.0.0.1`nextendedKeyUsage=serverAuth`nbasicConstraints=CA:FALSE"
-            openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 1 -extfile server.ext 2>$null
-        }
-        finally { Pop-Location; $global:LASTEXITCODE = 0 }
+        New-TestPki $pki
         $e = Start-NbdExport -Path $src -Name cp-tls -Port 0 -ReadOnly -CertificatePath (Join-Path $pki 'server-cert.pem') -KeyPath (Join-Path $pki 'server-key.pem')
         $e.Uri | Should -BeLike 'nbds://*'
         $dst = Join-Path $dir 'tls.img'
