@@ -74,8 +74,8 @@ Describe 'Help' {
 Describe 'Module' {
     It 'exports exactly the manifest cmdlets' {
         (Get-Command -Module NbdPowerShell).Name | Sort-Object | Should -Be @(
-            'Connect-NbdDevice', 'Disconnect-NbdDevice', 'Find-NbdExport', 'Get-NbdDevice', 'Get-NbdExport',
-            'Get-NbdSession', 'Start-NbdExport', 'Stop-NbdExport', 'Wait-NbdExport')
+            'Connect-NbdDevice', 'Copy-NbdDisk', 'Disconnect-NbdDevice', 'Find-NbdExport', 'Get-NbdDevice',
+            'Get-NbdDiskHash', 'Get-NbdExport', 'Get-NbdSession', 'Start-NbdExport', 'Stop-NbdExport', 'Wait-NbdExport')
     }
 
     It 'stops the exports of this process when removed' {

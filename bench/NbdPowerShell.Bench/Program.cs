@@ -6,12 +6,19 @@ using NbdPowerShell.Engine.Storage;
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 // Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
+//        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
+// Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
 //        NbdPowerShell.Bench fuse-attach|fuse-cleanup ... (see FuseCommands.cs)
+if (args.Length > 0 && args[0] is "copy" or "hash")
+    return await DiskCommands.RunAsync(args);
 if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
     return await NbdPowerShell.Bench.FuseCommands.RunAsync(args);
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    Console.Error.WriteLine("       copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]");
+    Console.Error.WriteLine("       hash SOURCE [--algorithm NAME] [--connections N]");
     Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
     Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
     return 2;

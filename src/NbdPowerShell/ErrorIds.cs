@@ -1,4 +1,5 @@
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Copy;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
@@ -35,6 +36,11 @@ internal static class ErrorIds
     public const string StorageError = "NbdStorageError";
     public const string KernelError = "NbdKernelError";
     public const string InvalidArgument = "NbdInvalidArgument";
+    public const string DestinationExists = "NbdDestinationExists";
+    public const string DestinationReadOnly = "NbdDestinationReadOnly";
+    public const string DestinationTooSmall = "NbdDestinationTooSmall";
+    public const string DiskReadFailed = "NbdDiskReadFailed";
+    public const string DiskWriteFailed = "NbdDiskWriteFailed";
 
     public static IReadOnlyList<string> All { get; } =
     [
@@ -42,12 +48,21 @@ internal static class ErrorIds
         PermissionDenied, KernelModuleMissing, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
         ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported, PathNotFound, StorageError, KernelError,
         InvalidArgument,
+        DestinationExists, DestinationReadOnly, DestinationTooSmall, DiskReadFailed, DiskWriteFailed,
     ];
 
     /// <summary>The catalogue id for an engine (or argument) exception; null when it is not an expected failure.</summary>
     public static string? Classify(Exception exception) => exception switch
     {
         NbdModuleException m => m.ErrorId,
+        DiskDestinationException d => d.Problem switch
+        {
+            DestinationProblem.Exists => DestinationExists,
+            DestinationProblem.ReadOnly => DestinationReadOnly,
+            DestinationProblem.TooSmall => DestinationTooSmall,
+            _ => InvalidArgument,
+        },
+        DiskIOException io => io.Side == DiskSide.Source ? DiskReadFailed : DiskWriteFailed,
         NbdServerException s => s.Reason switch
         {
             NbdServerError.ExportAlreadyExists => ExportAlreadyExists,

@@ -21,6 +21,11 @@ internal static class ErrorRecords
         ErrorIds.MultiConnNotSupported or ErrorIds.InvalidArgument => ErrorCategory.InvalidArgument,
         ErrorIds.StorageError => ErrorCategory.OpenError,
         ErrorIds.KernelError => ErrorCategory.DeviceError,
+        ErrorIds.DestinationExists => ErrorCategory.ResourceExists,
+        ErrorIds.DestinationReadOnly => ErrorCategory.PermissionDenied,
+        ErrorIds.DestinationTooSmall => ErrorCategory.InvalidArgument,
+        ErrorIds.DiskReadFailed => ErrorCategory.ReadError,
+        ErrorIds.DiskWriteFailed => ErrorCategory.WriteError,
         _ => ErrorCategory.NotSpecified,
     };
 
@@ -46,6 +51,11 @@ internal static class ErrorRecords
         ErrorIds.CertificateInvalid => "Trust the server's authority with -CertificateAuthority <ca.pem>, connect by a name its certificate carries, or opt out with -SkipCertificateCheck.",
         ErrorIds.MultiConnNotSupported => "Use -Connections 1: the export does not allow several connections.",
         ErrorIds.PathNotFound => "Check the -Path: it must name an existing file or block device.",
+        ErrorIds.DestinationExists => "Add -Force to overwrite the destination, or choose another -Destination (a new file is created).",
+        ErrorIds.DestinationReadOnly => "Copy to a writable export, file or device; a read-only export (nbdkit -r, Start-NbdExport -ReadOnly) cannot be a destination.",
+        ErrorIds.DestinationTooSmall => "Choose a destination at least as large as the source, or a new file (it is created with the source's size).",
+        ErrorIds.DiskReadFailed => "Check the source server and network; the message says how far the copy got. Run the copy again with -Force to redo it.",
+        ErrorIds.DiskWriteFailed => "Check the destination (space, permissions, server); the message says how far the copy got. Run the copy again with -Force to redo it.",
         _ => null,
     };
 

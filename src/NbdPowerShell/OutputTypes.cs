@@ -124,3 +124,55 @@ public sealed class NbdDevice
 
     public override string ToString() => Device;
 }
+
+/// <summary>What Copy-NbdDisk did.</summary>
+public sealed class NbdCopyResult
+{
+    /// <summary>The source's NBD URI or path.</summary>
+    public string Source { get; init; } = "";
+    /// <summary>The destination's NBD URI or path.</summary>
+    public string Destination { get; init; } = "";
+    /// <summary>Bytes copied: the source's size.</summary>
+    public long Size { get; init; }
+    public long BytesRead { get; init; }
+    public long BytesWritten { get; init; }
+    /// <summary>Bytes not written as data: holes in the source and all-zero blocks (zeroed on the destination, or already zero there).</summary>
+    public long BytesSkipped { get; init; }
+    /// <summary>Bytes of <see cref="BytesSkipped"/> made zero on the destination with zero requests.</summary>
+    public long BytesZeroed { get; init; }
+    public TimeSpan Duration { get; init; }
+    /// <summary>Size divided by duration.</summary>
+    public double BytesPerSecond { get; init; }
+    public int SourceConnections { get; init; }
+    public int DestinationConnections { get; init; }
+    public int RequestSize { get; init; }
+    /// <summary>True when the destination file did not exist and was created.</summary>
+    public bool IsDestinationCreated { get; init; }
+    /// <summary>True when the destination was flushed to stable storage (-Flush).</summary>
+    public bool IsFlushed { get; init; }
+    /// <summary>With -Verify: whether the hashes of source and destination match; null without -Verify.</summary>
+    public bool? IsVerified { get; init; }
+    public string? HashAlgorithm { get; init; }
+    public string? SourceHash { get; init; }
+    public string? DestinationHash { get; init; }
+
+    public override string ToString() => $"{Source} -> {Destination}";
+}
+
+/// <summary>The content hash of a whole disk (Get-NbdDiskHash); equal to sha256sum (or the other algorithm's tool) of the raw image.</summary>
+public sealed class NbdDiskHash
+{
+    public string Algorithm { get; init; } = "";
+    /// <summary>Lower-case hex, as sha256sum prints it.</summary>
+    public string Hash { get; init; } = "";
+    /// <summary>The disk's NBD URI or path.</summary>
+    public string Source { get; init; } = "";
+    public long Size { get; init; }
+    public long BytesRead { get; init; }
+    /// <summary>Bytes hashed as zeroes without being read (holes).</summary>
+    public long BytesSkipped { get; init; }
+    public int Connections { get; init; }
+    public TimeSpan Duration { get; init; }
+
+    public override string ToString() => Hash;
+}

@@ -15,7 +15,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     public static readonly string[] ExpectedCmdlets =
     [
         "Start-NbdExport", "Get-NbdExport", "Stop-NbdExport", "Wait-NbdExport", "Find-NbdExport",
-        "Connect-NbdDevice", "Get-NbdSession", "Disconnect-NbdDevice", "Get-NbdDevice",
+        "Connect-NbdDevice", "Get-NbdSession", "Disconnect-NbdDevice", "Get-NbdDevice", "Copy-NbdDisk", "Get-NbdDiskHash",
     ];
 
     // cmdlet, parameter, set, type, mandatory, position, by value, by property name, aliases
@@ -80,6 +80,27 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Connect-NbdDevice", "ClientCertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "ClientKeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Source", "__AllParameterSets", "PSObject", true, 0, true, false, "" },
+        { "Get-NbdDiskHash", "Source", "__AllParameterSets", "PSObject", true, 0, true, false, "" },
+        { "Copy-NbdDisk", "Destination", "__AllParameterSets", "PSObject", true, 1, false, false, "" },
+        { "Copy-NbdDisk", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "SparseBlockSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Flush", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Verify", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Algorithm", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Algorithm", "__AllParameterSets", "String", false, 1, false, false, "" },
+        { "Copy-NbdDisk", "Connections", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "RequestSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Copy-NbdDisk", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Connections", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "RequestSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Get-NbdDiskHash", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
     };
 
     [Fact]
@@ -117,6 +138,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [InlineData("Stop-NbdExport", "Medium")]
     [InlineData("Connect-NbdDevice", "Low")]
     [InlineData("Disconnect-NbdDevice", "Medium")]
+    [InlineData("Copy-NbdDisk", "Medium")]
     public void ChangingCmdletsSupportShouldProcess(string cmdlet, string impact)
     {
         var a = BuiltModule.Attribute(_m.Cmdlets[cmdlet], "CmdletAttribute")!;
@@ -134,6 +156,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
             ["Start-NbdExport"] = "NbdExport", ["Get-NbdExport"] = "NbdExport", ["Stop-NbdExport"] = "NbdExport",
             ["Wait-NbdExport"] = "NbdExport", ["Find-NbdExport"] = "NbdRemoteExport", ["Connect-NbdDevice"] = "NbdSession",
             ["Get-NbdSession"] = "NbdSession", ["Disconnect-NbdDevice"] = "NbdSession", ["Get-NbdDevice"] = "NbdDevice",
+            ["Copy-NbdDisk"] = "NbdCopyResult", ["Get-NbdDiskHash"] = "NbdDiskHash",
         };
         foreach (var (name, type) in _m.Cmdlets)
         {
@@ -170,6 +193,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
             ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
+            ["NbdCopyResult"] = ["Source", "Destination", "Size", "BytesRead", "BytesWritten", "BytesSkipped", "Duration", "BytesPerSecond", "IsVerified"],
+            ["NbdDiskHash"] = ["Algorithm", "Hash", "Source", "Size", "BytesRead", "BytesSkipped", "Duration"],
         };
         foreach (var (name, properties) in expected)
         {

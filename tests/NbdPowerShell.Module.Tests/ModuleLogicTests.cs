@@ -248,6 +248,12 @@ public sealed class ErrorCatalogueTests
         Assert.Equal("NbdAddressInUse", ErrorIds.Classify(new NbdServerException(NbdServerError.AddressInUse, "m")));
         Assert.Equal("NbdPermissionDenied", ErrorIds.Classify(new StorageException(13, "m")));
         Assert.Equal("NbdPathNotFound", ErrorIds.Classify(new StorageException(2, "m")));
+        Assert.Equal("NbdDestinationExists", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.Exists, "m")));
+        Assert.Equal("NbdDestinationReadOnly", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.ReadOnly, "m")));
+        Assert.Equal("NbdDestinationTooSmall", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.TooSmall, "m")));
+        Assert.Equal("NbdInvalidArgument", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.SameAsSource, "m")));
+        Assert.Equal("NbdDiskReadFailed", ErrorIds.Classify(new Engine.Copy.DiskIOException(Engine.Copy.DiskSide.Source, 1, 0, "m", new NbdConnectionException("x"))));
+        Assert.Equal("NbdDiskWriteFailed", ErrorIds.Classify(new Engine.Copy.DiskIOException(Engine.Copy.DiskSide.Destination, 1, 0, "m", new IOException("x"))));
         Assert.Null(ErrorIds.Classify(new InvalidOperationException("a bug, not an expected failure")));
     }
 

@@ -58,6 +58,9 @@ internal sealed class TlsTransport : NbdTransport
         return new TlsTransport(inner, stream);
     }
 
+    /// <summary>Wraps the client side of a TLS session (the handshake ran already, over the socket under <paramref name="inner"/>).</summary>
+    public static TlsTransport ForClient(NbdTransport inner, SslStream stream) => new(inner, stream);
+
     private static bool ChainsTo(X509Certificate certificate, X509Certificate2Collection authorities)
     {
         using var leaf = new X509Certificate2(certificate);
