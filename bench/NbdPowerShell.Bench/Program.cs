@@ -1,4 +1,5 @@
 using System.Net;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 
@@ -30,19 +31,19 @@ for (int i = 1; i < args.Length; i++)
         case "--memory":
         {
             var (name, size) = Split(Next());
-            exports.Add((name, () => new MemoryBlockStore(ParseSize(size))));
+            exports.Add((name, () => StoreOpener.Open(null, ParseSize(size), readOnly: false, copyOnWrite: false)));
             break;
         }
         case "--cow":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => CopyOnWriteBlockStore.WithMemoryOverlay(FileBlockStore.Open(path, readOnly: true), ownsBase: true)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly: false, copyOnWrite: true)));
             break;
         }
         case "--file":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => FileBlockStore.Open(path, readOnly)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly, copyOnWrite: false)));
             break;
         }
         default:

@@ -33,7 +33,7 @@ public sealed class ModuleLifetime : IModuleAssemblyInitializer, IModuleAssembly
     {
         try
         {
-            var warnings = ExportHost.Default.Shutdown(ListDevices).ToList();
+            var warnings = Hosts.Process.Shutdown(ListDevices).ToList();
             foreach (int index in TlsRelayRegistry.StopAll())
                 warnings.Add($"/dev/nbd{index} reached its server over TLS through a relay in this process, which stopped with the module: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device /dev/nbd{index} -Force.");
             if (warnings.Count > 0)

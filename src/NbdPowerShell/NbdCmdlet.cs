@@ -107,7 +107,7 @@ public abstract class NbdCmdlet : PSCmdlet, IDisposable
         WriteError(ErrorRecords.From(exception, target));
     }
 
-    protected void WriteNbdError(string errorId, string message, object? target) =>
+    protected internal void WriteNbdError(string errorId, string message, object? target) =>
         WriteError(ErrorRecords.Create(errorId, message, target));
 
     internal void WriteNotFound(string target, string message) => WriteNbdError(ErrorIds.DeviceNotFound, message, target);

@@ -4,8 +4,8 @@ namespace NbdPowerShell;
 // (Name, Device, Index, ComputerName, Port, ExportName, SocketPath), so piping binds by property name,
 // also for deserialized copies from jobs and remoting. Booleans carry the Is* prefix.
 
-/// <summary>An export served by this PowerShell process (Start-NbdExport, Get-NbdExport).</summary>
-public sealed class NbdExport
+/// <summary>An export served by this PowerShell process or by the NbdPowerShell service (Start-NbdExport, Get-NbdExport).</summary>
+public sealed record NbdExport
 {
     public string Name { get; init; } = "";
     public string Description { get; init; } = "";
@@ -16,16 +16,22 @@ public sealed class NbdExport
     public long Size { get; init; }
     public bool IsReadOnly { get; init; }
     public bool IsCopyOnWrite { get; init; }
-    /// <summary>Listening address; null for Unix-socket exports.</summary>
-    public string? ListenAddress { get; init; }
-    /// <summary>The TCP port really listened on (the chosen one when -Port 0 was given); 0 for Unix-socket exports.</summary>
+    /// <summary>The addresses of its TCP listeners; empty for Unix-socket-only exports.</summary>
+    public string[] ListenAddress { get; init; } = [];
+    /// <summary>The TCP port really listened on (the chosen one when -Port 0 was given); 0 for Unix-socket-only exports.</summary>
     public int Port { get; init; }
     public string? SocketPath { get; init; }
+    /// <summary>Every listener it is served on: "127.0.0.1:10809", "[::1]:10809", "/run/disk.sock".</summary>
+    public string[] Listeners { get; init; } = [];
     public string[] AllowedClient { get; init; } = [];
     public int MaxConnections { get; init; }
-    /// <summary>Running while served, Stopped once Stop-NbdExport (or module removal) ended it.</summary>
+    /// <summary>Running while served; Stopped once Stop-NbdExport (or module removal) ended it; Failed for a persistent export the service could not start.</summary>
     public string State { get; init; } = "Running";
+    /// <summary>Why a persistent export is not running (State Failed); null otherwise.</summary>
+    public string? StatusMessage { get; init; }
     public int ClientCount { get; init; }
+    /// <summary>Connections accepted since it started.</summary>
+    public long TotalConnections { get; init; }
     public DateTimeOffset StartTime { get; init; }
     public long BytesRead { get; init; }
     public long BytesWritten { get; init; }
@@ -40,6 +46,17 @@ public sealed class NbdExport
     public string? CertificateThumbprint { get; init; }
     /// <summary>Clients must present a certificate from -ClientCertificateAuthority (mutual TLS).</summary>
     public bool RequiresClientCertificate { get; init; }
+    /// <summary>Process (served by this PowerShell process, ends with it) or Service (served by the NbdPowerShell service).</summary>
+    public string Scope { get; init; } = "Process";
+    /// <summary>Kept in the service's configuration, so it comes back after a service restart or a reboot.</summary>
+    public bool IsPersistent { get; init; }
+    /// <summary>Process id of the process serving it (this pwsh, or the service).</summary>
+    public int ProcessId { get; init; }
+    /// <summary>
+    /// From Start-NbdExport and Stop-NbdExport: true when the command changed something, false when the export
+    /// already existed with this definition (Ansible's "changed"). Always false from Get-NbdExport.
+    /// </summary>
+    public bool Changed { get; init; }
 
     public override string ToString() => Uri;
 }
@@ -77,7 +94,7 @@ public sealed class NbdRemoteExport
 }
 
 /// <summary>An attached nbd device (Connect-NbdDevice, Get-NbdSession), whoever attached it.</summary>
-public sealed class NbdSession
+public sealed record NbdSession
 {
     public string Device { get; init; } = "";
     public int Index { get; init; }
@@ -106,6 +123,11 @@ public sealed class NbdSession
     public string Transport { get; init; } = "Plain";
     /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
     public string? Mode { get; init; }
+    /// <summary>
+    /// From Connect-NbdDevice and Disconnect-NbdDevice: true when the command attached or detached a device, false
+    /// when the export was already attached and the existing session was returned (Ansible's "changed").
+    /// </summary>
+    public bool Changed { get; init; }
 
     public override string ToString() => Device;
 }

@@ -28,7 +28,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Start-NbdExport", "Description", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Start-NbdExport", "ReadOnly", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Start-NbdExport", "CopyOnWrite", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
-        { "Start-NbdExport", "ListenAddress", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Start-NbdExport", "ListenAddress", "__AllParameterSets", "String[]", false, -1, false, false, "" },
+        { "Start-NbdExport", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Start-NbdExport", "Port", "__AllParameterSets", "Int32", false, -1, false, false, "" },
         { "Start-NbdExport", "SocketPath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Start-NbdExport", "AllowedClient", "__AllParameterSets", "String[]", false, -1, false, false, "" },
@@ -166,7 +167,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     {
         var expected = new Dictionary<string, string[]>
         {
-            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint"],
+            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "Listeners", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint", "Scope", "IsPersistent", "Changed"],
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
             ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],

@@ -78,7 +78,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         int? index = null;
         if (Device is not null)
         {
-            index = SessionMapper.ParseDevice(Device);
+            index = Selection.ParseDevice(Device);
             if (index is null)
             {
                 WriteNbdError(ErrorIds.InvalidArgument, $"-Device '{Device}' is not an nbd device; use /dev/nbdN (Get-NbdDevice lists them).", Device);
@@ -119,12 +119,13 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
 
         TryRun(() =>
         {
-            var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout, Tls = BuildLocalOrRemoteTls(localExport) };
+            // A local export is reached over a socketpair inside this process: no TLS to negotiate.
+            var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout, Tls = localExport is null ? BuildTlsOptions() : null };
             var connections = Wait(NegotiateAsync(uri, localExport, clientOptions), "Connect-NbdDevice", $"Connecting to {uri}");
             AttachResult result;
             try
             {
-                result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, attachOptions, CancelToken),
+                result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, localExport is null ? attachOptions : attachOptions with { BackendIdentifier = uri.ToString() }, CancelToken),
                     "Connect-NbdDevice", $"Setting up {(index is int n ? $"/dev/nbd{n}" : "an nbd device")} for {uri}");
             }
             finally
@@ -135,26 +136,11 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                     c.Dispose();
             }
             if (localExport is not null)
-                ExportHost.Default.RecordLocalDevice(localExport, result.Index);
+                Hosts.Process.RecordLocalDevice(localExport, result.Index);
             if (result.IsTlsRelayed)
                 WriteVerbose($"{result.Device} reaches {connections[0].Uri} over TLS through a relay in this PowerShell process; it lives until Disconnect-NbdDevice or until the module is removed.");
-            WriteObject(SessionMapper.FromAttach(result, connections[0].Uri, timeout, localExport is not null));
+            WriteObject(OutputMapper.FromAttach(result, uri, timeout, localExport is not null));
         }, uri.ToString());
-    }
-
-    /// <summary>
-    /// The TLS settings: from the parameters; for an export of this process that needs TLS, TLS without a
-    /// certificate check (the peer is this process, over a socketpair) unless the parameters say more.
-    /// </summary>
-    private NbdClientTlsOptions? BuildLocalOrRemoteTls(string? localExport)
-    {
-        if (localExport is null)
-            return BuildTlsOptions();
-        var (needsTls, _) = ExportHost.Default.LocalTlsOf(localExport);
-        if (!needsTls && !WantsTls)
-            return null;
-        var tls = BuildTlsOptions(force: true)!;
-        return tls.CertificateAuthorities is null ? tls with { SkipCertificateCheck = true } : tls;
     }
 
     private async Task<IReadOnlyList<NbdNegotiatedConnection>> NegotiateAsync(NbdUri uri, string? localExport, NbdClientOptions options)
@@ -166,8 +152,8 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
             {
                 if (localExport is not null)
                 {
-                    var (socket, _) = await ExportHost.Default.OpenLocalConnectionAsync(localExport, CancelToken).ConfigureAwait(false);
-                    connections.Add(await NbdClient.NegotiateAsync(socket, uri, options, CancelToken).ConfigureAwait(false));
+                    var (socket, _) = await Hosts.Process.OpenLocalConnectionAsync(localExport, CancelToken).ConfigureAwait(false);
+                    connections.Add(await NbdClient.NegotiateAsync(socket, uri.WithTls(false), options, CancelToken).ConfigureAwait(false));
                 }
                 else
                 {
@@ -192,7 +178,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     {
         localExport = null;
         uri = null;
-        if (input.BaseObject is NbdExport export && ExportHost.Default.GetExport(export.Name) is { } live && live.Uri == export.Uri)
+        if (input.BaseObject is NbdExport export && Hosts.Process.GetExport(export.Name) is { } live && live.Uri == export.Uri)
         {
             localExport = live.Name;
             uri = NbdUri.Parse(live.Uri);

@@ -56,7 +56,7 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
             default:
                 foreach (string d in Device)
                 {
-                    if (SessionMapper.ParseDevice(d) is int i)
+                    if (Selection.ParseDevice(d) is int i)
                         targets.Add((i, d));
                     else
                         WriteNotFound(d, $"'{d}' is not an nbd device; use /dev/nbdN (Get-NbdSession lists the attached ones).");
@@ -87,20 +87,13 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
                 what += $", mounted at {string.Join(", ", info.MountPoints)}";
             if (!ShouldProcess(what, "Disconnect NBD device"))
                 continue;
-            var before = SessionMapper.ToSession(info, ExportHost.Default);
+            var before = OutputMapper.ToSession(info, Hosts.Process);
             TryRun(() =>
             {
                 Wait(new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, TimeSpan.FromSeconds(Timeout), CancelToken),
                     "Disconnect-NbdDevice", $"Disconnecting {info.Device}");
                 if (PassThru)
-                    WriteObject(new NbdSession
-                    {
-                        Device = before.Device, Index = before.Index, ComputerName = before.ComputerName, Port = before.Port,
-                        ExportName = before.ExportName, SocketPath = before.SocketPath, Uri = before.Uri, Size = before.Size,
-                        BlockSize = before.BlockSize, IsReadOnly = before.IsReadOnly, IsConnected = false, Connections = before.Connections,
-                        Timeout = before.Timeout, MountPoints = before.MountPoints, BackendIdentifier = before.BackendIdentifier,
-                        IsServedByThisProcess = before.IsServedByThisProcess,
-                    });
+                    WriteObject(before with { IsConnected = false, Changed = true });
             }, text);
         }
     }

@@ -16,24 +16,9 @@ public sealed class GetNbdExportCommand : NbdCmdlet
 
     protected override void ProcessRecord()
     {
-        var exports = ExportHost.Default.GetExports();
-        if (Name is null)
-        {
-            WriteObject(exports, enumerateCollection: true);
-            return;
-        }
-        var written = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-        foreach (string name in Name)
-        {
-            var pattern = new WildcardPattern(name, WildcardOptions.IgnoreCase);
-            var matches = exports.Where(e => pattern.IsMatch(e.Name)).ToList();
-            if (matches.Count == 0 && !WildcardPattern.ContainsWildcardCharacters(name))
-            {
-                WriteNbdError(ErrorIds.ExportNotFound, $"No export named '{name}' is served by this PowerShell process; Get-NbdExport lists them.", name);
-                continue;
-            }
-            foreach (var export in matches.Where(e => written.Add(e.Name)))
-                WriteObject(export);
-        }
+        var exports = Hosts.Process.GetExports();
+        var chosen = Name is null ? exports : Selection.ByName(this, Name, exports, e => e.Name, "No export named '{0}' is served by this PowerShell process; Get-NbdExport lists them.");
+        foreach (var export in chosen)
+            WriteObject(OutputMapper.ToExport(export));
     }
 }

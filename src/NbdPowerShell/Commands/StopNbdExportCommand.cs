@@ -31,26 +31,12 @@ public sealed class StopNbdExportCommand : NbdCmdlet
     protected override void ProcessRecord()
     {
         DrainEngineLog();
-        var names = new List<string>();
-        if (ParameterSetName == InputObjectSet)
-        {
-            names.AddRange(InputObject.Select(e => e.Name));
-        }
-        else
-        {
-            var current = ExportHost.Default.Names;
-            foreach (string name in Name)
-            {
-                var pattern = new WildcardPattern(name, WildcardOptions.IgnoreCase);
-                var matches = current.Where(pattern.IsMatch).ToList();
-                if (matches.Count == 0 && !WildcardPattern.ContainsWildcardCharacters(name))
-                    WriteNbdError(ErrorIds.ExportNotFound, $"No export named '{name}' is served by this PowerShell process; Get-NbdExport lists them.", name);
-                names.AddRange(matches);
-            }
-        }
+        var names = ParameterSetName == InputObjectSet
+            ? InputObject.Select(e => e.Name).ToList()
+            : Selection.ByName(this, Name, Hosts.Process.Names, n => n, "No export named '{0}' is served by this PowerShell process; Get-NbdExport lists them.");
         foreach (string name in names.Distinct(StringComparer.OrdinalIgnoreCase))
         {
-            var export = ExportHost.Default.GetExport(name);
+            var export = Hosts.Process.GetExport(name);
             if (export is null)
             {
                 WriteNbdError(ErrorIds.ExportNotFound, $"No export named '{name}' is served by this PowerShell process (it may have been stopped already).", name);
@@ -61,9 +47,9 @@ public sealed class StopNbdExportCommand : NbdCmdlet
                 continue;
             TryRun(() =>
             {
-                var stopped = Wait(ExportHost.Default.StopAsync(name, Force, CancelToken), "Stop-NbdExport", $"Stopping export '{name}'");
+                var stopped = Wait(Hosts.Process.StopExportAsync(name, Force, CancelToken), "Stop-NbdExport", $"Stopping export '{name}'");
                 if (PassThru)
-                    WriteObject(stopped);
+                    WriteObject(OutputMapper.ToExport(stopped, changed: true));
             }, name);
         }
     }

@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell.Commands;
 
@@ -39,31 +40,18 @@ public sealed class WaitNbdExportCommand : NbdCmdlet
     {
         DrainEngineLog();
         if (ParameterSetName == InputObjectSet)
-        {
             _names.AddRange(InputObject.Select(e => e.Name));
-            return;
-        }
-        var current = ExportHost.Default.Names;
-        if (Name is null)
-        {
-            _names.AddRange(current);
-            return;
-        }
-        foreach (string name in Name)
-        {
-            var pattern = new WildcardPattern(name, WildcardOptions.IgnoreCase);
-            var matches = current.Where(pattern.IsMatch).ToList();
-            if (matches.Count == 0 && !WildcardPattern.ContainsWildcardCharacters(name))
-                WriteNbdError(ErrorIds.ExportNotFound, $"No export named '{name}' is served by this PowerShell process; Get-NbdExport lists them.", name);
-            _names.AddRange(matches);
-        }
+        else if (Name is null)
+            _names.AddRange(Hosts.Process.Names);
+        else
+            _names.AddRange(Selection.ByName(this, Name, Hosts.Process.Names, n => n, "No export named '{0}' is served by this PowerShell process; Get-NbdExport lists them."));
     }
 
     protected override void EndProcessing()
     {
         var names = _names.Distinct(StringComparer.OrdinalIgnoreCase).ToList();
-        var last = names.Select(ExportHost.Default.GetExport).OfType<NbdExport>().ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);
-        var all = Task.WhenAll(names.Select(ExportHost.Default.WhenStopped));
+        var last = names.Select(Hosts.Process.GetExport).OfType<ExportInfo>().ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);
+        var all = Task.WhenAll(names.Select(Hosts.Process.WhenStopped));
         Task waited = Timeout > 0 ? all.WaitAsync(TimeSpan.FromSeconds(Timeout), CancelToken) : all.WaitAsync(CancelToken);
         WriteVerbose($"Waiting for {names.Count} export(s) to stop: {string.Join(", ", names)}. Press Ctrl+C to stop waiting.");
         try
@@ -80,12 +68,7 @@ public sealed class WaitNbdExportCommand : NbdCmdlet
             foreach (var name in names)
             {
                 if (last.TryGetValue(name, out var e))
-                    WriteObject(new NbdExport
-                    {
-                        Name = e.Name, Description = e.Description, Path = e.Path, Backend = e.Backend, Size = e.Size, IsReadOnly = e.IsReadOnly,
-                        IsCopyOnWrite = e.IsCopyOnWrite, ListenAddress = e.ListenAddress, Port = e.Port, SocketPath = e.SocketPath,
-                        AllowedClient = e.AllowedClient, MaxConnections = e.MaxConnections, State = "Stopped", StartTime = e.StartTime, Uri = e.Uri,
-                    });
+                    WriteObject(OutputMapper.ToExport(e with { State = "Stopped", ClientCount = 0 }));
             }
         }
         base.EndProcessing();

@@ -9,5 +9,5 @@ public sealed class ExportNameCompleter : IArgumentCompleter
 {
     public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete,
         CommandAst commandAst, IDictionary fakeBoundParameters) =>
-        CompletionText.Complete(ExportHost.Default.GetExports().Select(e => (e.Name, $"{e.Name} ({e.Uri}, {e.Size} bytes)")), wordToComplete);
+        CompletionText.Complete(Hosts.Process.GetExports().Select(e => (e.Name, $"{e.Name} ({e.Uri}, {e.Size} bytes)")), wordToComplete);
 }

@@ -1,26 +1,76 @@
-using System.Text.RegularExpressions;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Protocol;
 
 namespace NbdPowerShell;
 
-/// <summary>Maps kernel discovery records to the public output types and parses device arguments.</summary>
-internal static partial class SessionMapper
+/// <summary>The one place where engine records become the public output types.</summary>
+internal static class OutputMapper
 {
-    [GeneratedRegex(@"^(?:/dev/)?nbd(\d+)$")]
-    private static partial Regex DeviceArgument();
-
-    /// <summary>Accepts /dev/nbd3, nbd3 or 3; null when it is none of those.</summary>
-    public static int? ParseDevice(string text)
+    public static NbdExport ToExport(ExportInfo e, bool changed = false) => new()
     {
-        text = text.Trim();
-        if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int bare))
-            return bare;
-        var m = DeviceArgument().Match(text);
-        return m.Success && int.TryParse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture, out int index) ? index : null;
+        Name = e.Name,
+        Description = e.Description,
+        Path = e.Path,
+        Backend = e.Backend,
+        Size = e.Size,
+        IsReadOnly = e.IsReadOnly,
+        IsCopyOnWrite = e.IsCopyOnWrite,
+        ListenAddress = e.ListenAddress.ToArray(),
+        Port = e.Port,
+        SocketPath = e.SocketPath,
+        Listeners = e.Listeners.ToArray(),
+        AllowedClient = e.AllowedClient.ToArray(),
+        MaxConnections = e.MaxConnections,
+        State = e.State,
+        StatusMessage = e.StatusMessage,
+        ClientCount = e.ClientCount,
+        TotalConnections = e.TotalConnections,
+        StartTime = e.StartTime,
+        BytesRead = e.BytesRead,
+        BytesWritten = e.BytesWritten,
+        Uri = e.Uri,
+        TlsMode = e.TlsMode,
+        IsTlsOnly = e.IsTlsOnly,
+        CertificateSubject = e.CertificateSubject,
+        CertificateThumbprint = e.CertificateThumbprint,
+        RequiresClientCertificate = e.RequiresClientCertificate,
+        Scope = e.Scope.ToString(),
+        IsPersistent = e.IsPersistent,
+        ProcessId = e.ProcessId,
+        Changed = changed,
+    };
+
+    public static NbdRemoteExport ToRemote(NbdUri server, NbdExportInfo e)
+    {
+        var flags = e.Flags ?? TransmissionFlags.None;
+        return new NbdRemoteExport
+        {
+            ComputerName = server.IsUnix ? null : server.Host,
+            Port = server.IsUnix ? 0 : server.Port,
+            SocketPath = server.SocketPath,
+            Name = e.Name,
+            Description = e.Description,
+            Size = e.Size,
+            IsReadOnly = e.IsReadOnly,
+            CanMultiConnection = e.CanMultiConn,
+            CanFlush = flags.HasFlag(TransmissionFlags.SendFlush),
+            CanTrim = flags.HasFlag(TransmissionFlags.SendTrim),
+            CanWriteZeroes = flags.HasFlag(TransmissionFlags.SendWriteZeroes),
+            CanFastZero = flags.HasFlag(TransmissionFlags.SendFastZero),
+            CanCache = flags.HasFlag(TransmissionFlags.SendCache),
+            IsRotational = flags.HasFlag(TransmissionFlags.Rotational),
+            Flags = e.Flags?.ToString() ?? "",
+            MinimumBlockSize = e.MinimumBlockSize,
+            PreferredBlockSize = e.PreferredBlockSize,
+            MaximumBlockSize = e.MaximumBlockSize,
+            IsTls = server.Tls,
+            Uri = server.WithExportName(e.Name).ToString(),
+        };
     }
 
-    public static NbdSession ToSession(NbdDeviceInfo info, ExportHost? host = null)
+    public static NbdSession ToSession(NbdDeviceInfo info, NbdHost? host = null)
     {
         NbdUri? uri = info.Uri;
         if (uri is null && info.BackendIdentifier is { } backend)
