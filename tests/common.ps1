@@ -1,6 +1,14 @@
 # Dot-sourced at the top of every *.Tests.ps1 (so it also runs during Pester's Discovery phase).
 # Imports the BUILT module from out/NbdPowerShell and defines shared helpers.
 $global:NbdModulePath = [IO.Path]::GetFullPath([IO.Path]::Combine($PSScriptRoot, '..', 'out', 'NbdPowerShell', 'NbdPowerShell.psd1'))
+
+# No test may touch the real service (/run/nbdpowershell, /etc/nbdpowershell): every test process gets private
+# locations. Tests that start the service point these at their own directories and stop it when done.
+if (-not $env:NBDPOWERSHELL_TEST_PRIVATE) {
+    $env:NBDPOWERSHELL_TEST_PRIVATE = [IO.Path]::Combine([IO.Path]::GetTempPath(), "nbdps-pester-$PID")
+    $env:NBDPOWERSHELL_RUNTIME_DIR = [IO.Path]::Combine($env:NBDPOWERSHELL_TEST_PRIVATE, 'run')
+    $env:NBDPOWERSHELL_CONFIG_DIR = [IO.Path]::Combine($env:NBDPOWERSHELL_TEST_PRIVATE, 'etc')
+}
 if (-not (Get-Module NbdPowerShell)) {
     Import-Module $global:NbdModulePath -Force -ErrorAction Stop
 }
@@ -32,6 +40,45 @@ function global:Connect-RawNbdClient([int]$Port, [string]$Name) {
 
 function global:Stop-AllTestExports {
     Get-NbdExport | Stop-NbdExport -Force -Confirm:$false -ErrorAction SilentlyContinue
+}
+
+# The command that starts another pwsh like this one, so that killing it really stops it: with pwsh installed as a
+# .NET tool the process is dotnet running pwsh.dll (the tool's pwsh is a shim that forks).
+function global:Get-PwshCommand {
+    $exe = [Environment]::ProcessPath
+    if ([IO.Path]::GetFileNameWithoutExtension($exe) -eq 'dotnet') { @($exe, [Environment]::GetCommandLineArgs()[0]) } else { @($exe) }
+}
+
+# Runs a script in a new pwsh process with the built module imported (and this process's environment, so the same
+# service locations), waits for it (killing it after -TimeoutSeconds) and returns ExitCode, Output, Errors and, when
+# the script's last output line is JSON, Json.
+function global:Invoke-PwshStep([string]$Script, [int]$TimeoutSeconds = 300, [string[]]$Prefix = @()) {
+    $command = @($Prefix) + @(Get-PwshCommand)
+    $start = [Diagnostics.ProcessStartInfo]::new($command[0])
+    foreach ($a in $command[1..($command.Count)] + @('-NoProfile', '-NonInteractive', '-Command', "`$ErrorActionPreference = 'Stop'; `$ProgressPreference = 'SilentlyContinue'; Import-Module '$NbdModulePath'; $Script")) {
+        if ($null -ne $a) { $start.ArgumentList.Add($a) }
+    }
+    $start.RedirectStandardOutput = $true
+    $start.RedirectStandardError = $true
+    $start.UseShellExecute = $false
+    $p = [Diagnostics.Process]::Start($start)
+    try {
+        $out = $p.StandardOutput.ReadToEndAsync()
+        $err = $p.StandardError.ReadToEndAsync()
+        if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
+            $p.Kill($true)
+            throw "the pwsh step did not finish within $TimeoutSeconds s: $Script"
+        }
+        $p.WaitForExit()
+        $lines = @($out.Result -split "`n" | ForEach-Object TrimEnd | Where-Object { $_ })
+        $json = $null
+        if ($lines.Count -gt 0 -and $lines[-1] -match '^[\[{]') { $json = $lines[-1] | ConvertFrom-Json }
+        [pscustomobject]@{ ExitCode = $p.ExitCode; Output = $out.Result; Errors = $err.Result; Json = $json }
+    }
+    finally {
+        if (-not $p.HasExited) { $p.Kill($true) }
+        $p.Dispose()
+    }
 }
 
 # Runs a script block in another runspace of this process (like Start-ThreadJob, which a source-built pwsh

@@ -64,8 +64,10 @@ else {
             Write-Host "Running the Kernel-tagged Pester tests inside $env:NBD_VM_RUNNER"
             $kernelResult = Join-Path $resultDir 'pester-kernel.txt'
             Remove-Item $kernelResult -ErrorAction Ignore
-            $pwshPath = (Get-Process -Id $PID).Path
-            & $env:NBD_VM_RUNNER --timeout 1200 -- $pwshPath -NoProfile -File (Join-Path $PSScriptRoot 'PesterTest.ps1') -Tag Kernel -ResultPath $kernelResult
+            # The same pwsh as this one: with pwsh installed as a .NET tool the process is dotnet running pwsh.dll.
+            $pwsh = @([Environment]::ProcessPath)
+            if ([IO.Path]::GetFileNameWithoutExtension($pwsh[0]) -eq 'dotnet') { $pwsh += [Environment]::GetCommandLineArgs()[0] }
+            & $env:NBD_VM_RUNNER --timeout 1800 -- @pwsh -NoProfile -File (Join-Path $PSScriptRoot 'PesterTest.ps1') -Tag Kernel -ResultPath $kernelResult
             if (Test-Path $kernelResult) {
                 $p, $f, $s = (Get-Content $kernelResult -Raw).Trim() -split '\s+' | ForEach-Object { [int]$_ }
                 $passed += $p; $failed += $f; $skipped += $s

@@ -1,14 +1,20 @@
 using System.Net;
 using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Server;
+using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
-// Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        NbdPowerShell.Bench service RUNTIME_DIR CONFIG_DIR
+//        Runs the NbdPowerShell service (what pwsh runs for the module) until SIGTERM, for tests that kill it.
+if (args.Length == 3 && args[0] == "service")
+    return NbdService.Run(args[1], args[2]);
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    Console.Error.WriteLine("       service RUNTIME_DIR CONFIG_DIR");
     return 2;
 }
 

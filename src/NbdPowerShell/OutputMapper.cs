@@ -1,7 +1,10 @@
 using NbdPowerShell.Engine.Client;
 using NbdPowerShell.Engine.Hosting;
+using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Service;
+using NbdPowerShell.Engine.Service.Messages;
 
 namespace NbdPowerShell;
 
@@ -70,41 +73,64 @@ internal static class OutputMapper
         };
     }
 
-    public static NbdSession ToSession(NbdDeviceInfo info, NbdHost? host = null)
+    /// <summary>
+    /// A session from what the kernel shows (<paramref name="info"/>, null when the kernel has no such device) and
+    /// what its owner reports (<paramref name="owner"/>, null when no NbdPowerShell process owns it).
+    /// </summary>
+    public static NbdSession ToSession(NbdDeviceInfo? info, DeviceStatus? owner, NbdHost? thisProcess = null)
     {
-        NbdUri? uri = info.Uri;
-        if (uri is null && info.BackendIdentifier is { } backend)
-            NbdUri.TryParse(backend, out uri);
+        if (info is null && owner is null)
+            throw new ArgumentException("A session needs the kernel's view or its owner's.");
+        NbdUri? uri = info?.Uri;
+        if (uri is null && (info?.BackendIdentifier ?? owner?.Uri) is { } text)
+            NbdUri.TryParse(text, out uri);
+        bool here = owner is not null && owner.ProcessId == Environment.ProcessId;
+        bool relayed = owner?.Transport == "TLS relay" && owner.State != "Broken";
+        int index = info?.Index ?? owner?.Index ?? -1;
         return new NbdSession
         {
-            Device = info.Device,
-            Index = info.Index,
+            Device = info?.Device ?? owner!.Device ?? $"/dev/nbd{index}",
+            Index = index,
             ComputerName = uri is { IsUnix: false } ? uri.Host : null,
             Port = uri is { IsUnix: false } ? uri.Port : null,
             ExportName = uri?.ExportName,
             SocketPath = uri?.SocketPath,
             Uri = uri?.ToString(),
-            Size = info.Size,
-            BlockSize = info.BlockSize,
-            IsReadOnly = info.IsReadOnly,
-            IsConnected = info.IsConnected,
-            Connections = info.Connections,
-            Timeout = info.TimeoutSeconds,
-            MountPoints = info.MountPoints.ToArray(),
-            BackendIdentifier = info.BackendIdentifier,
-            IsServedByThisProcess = host?.ExportServing(info.Index, info.BackendIdentifier) is not null,
-            IsTls = uri?.Tls == true || TlsRelayRegistry.IsRelayed(info.Index),
-            IsTlsRelayed = TlsRelayRegistry.IsRelayed(info.Index),
-            Transport = TransportOf(info.Index, uri?.Tls == true),
-            Mode = info.Mode?.ToString(),
+            Size = info?.Size ?? 0,
+            BlockSize = info?.BlockSize ?? 0,
+            IsReadOnly = info?.IsReadOnly ?? false,
+            IsConnected = info?.IsConnected ?? false,
+            State = owner?.State ?? (info?.IsConnected == true ? "Connected" : "Disconnected"),
+            StatusMessage = owner?.Message,
+            Connections = info?.Connections,
+            Timeout = info?.TimeoutSeconds,
+            MountPoints = info?.MountPoints.ToArray() ?? [],
+            BackendIdentifier = info?.BackendIdentifier,
+            Scope = owner?.Scope.ToString(),
+            OwnerProcessId = owner?.ProcessId,
+            IsPersistent = owner?.IsPersistent ?? false,
+            IsServedByThisProcess = thisProcess?.ExportServing(info?.BackendIdentifier ?? owner?.Uri) is not null,
+            IsTls = uri?.Tls == true,
+            IsTlsRelayed = relayed,
+            Transport = TransportOf(owner, here, uri?.Tls == true),
+            ActiveUri = owner?.ActiveUri ?? uri?.ToString(),
+            Mode = info?.Mode?.ToString(),
+            Counters = owner?.Counters ?? new Dictionary<string, long>(),
+            History = owner?.History.Select(e => new NbdSessionEvent(e.Time, e.Event, e.Message)).ToArray() ?? [],
         };
     }
 
-    /// <summary>How the kernel's sockets reach the server: directly, or through a TLS relay here or elsewhere (e.g. nbd-client's proxy).</summary>
-    public static string TransportOf(int index, bool tls) =>
-        TlsRelayRegistry.IsRelayed(index) ? RelayedHere : tls ? "TLS relay (another process)" : "Plain";
-
-    public const string RelayedHere = "TLS relay (this process)";
+    /// <summary>How the kernel's sockets reach the server, and which process is in between.</summary>
+    private static string TransportOf(DeviceStatus? owner, bool here, bool tls)
+    {
+        string where = owner is null ? "" : here ? " (this process)" : owner.Scope == HostScope.Service ? $" (NbdPowerShell service, pid {owner.ProcessId})" : $" (pid {owner.ProcessId})";
+        return owner?.Transport switch
+        {
+            "TLS relay" or "Local socket pair" => owner.Transport + where,
+            _ when tls => "TLS relay (another process)",
+            _ => "Plain",
+        };
+    }
 
     public static NbdDevice ToDevice(NbdDeviceInfo info) => new()
     {
@@ -117,27 +143,24 @@ internal static class OutputMapper
         MountPoints = info.MountPoints.ToArray(),
     };
 
-    /// <summary>A session as Connect-NbdDevice knows it right after attaching (used when discovery cannot see it yet).</summary>
-    public static NbdSession FromAttach(AttachResult result, NbdUri uri, TimeSpan? timeout, bool servedHere) => new()
+    public static NbdService ToService(ServicePaths paths, ServiceStatus? status, string unitPath) => new()
     {
-        Device = result.Device,
-        Index = result.Index,
-        ComputerName = uri.IsUnix ? null : uri.Host,
-        Port = uri.IsUnix ? null : uri.Port,
-        ExportName = uri.ExportName,
-        SocketPath = uri.SocketPath,
-        Uri = uri.ToString(),
-        Size = result.Size,
-        BlockSize = result.BlockSize,
-        IsReadOnly = result.IsReadOnly,
-        IsConnected = true,
-        Connections = result.Connections,
-        Timeout = timeout is { } t ? (int)Math.Ceiling(t.TotalSeconds) : null,
-        BackendIdentifier = result.BackendIdentifier,
-        IsServedByThisProcess = servedHere,
-        IsTls = uri.Tls || result.IsTlsRelayed,
-        IsTlsRelayed = result.IsTlsRelayed,
-        Transport = result.IsTlsRelayed ? RelayedHere : "Plain",
-        Mode = result.Mode.ToString(),
+        IsRunning = status is not null,
+        ProcessId = status?.ProcessId,
+        Version = status?.Version,
+        StartTime = status?.StartTime,
+        Uptime = status is null ? null : DateTimeOffset.Now - status.StartTime,
+        ControlSocket = status?.ControlSocket ?? paths.ControlSocket,
+        ConfigurationPath = status?.ConfigurationPath ?? paths.ConfigurationFile,
+        RuntimeDirectory = status?.RuntimeDirectory ?? paths.RuntimeDirectory,
+        LogPath = status?.LogPath ?? paths.LogFile,
+        ExportCount = status?.ExportCount ?? 0,
+        DeviceCount = status?.DeviceCount ?? 0,
+        ShutdownGraceSeconds = status?.ShutdownGraceSeconds,
+        IsSystemdManaged = status?.IsSystemdManaged ?? false,
+        IsInstalled = File.Exists(unitPath),
+        UnitPath = unitPath,
+        IsSystemdRunning = SystemdUnit.IsSystemdRunning,
+        Problems = status?.Problems.ToArray() ?? [],
     };
 }

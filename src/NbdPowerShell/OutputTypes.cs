@@ -102,27 +102,52 @@ public sealed record NbdSession
     public int? Port { get; init; }
     public string? ExportName { get; init; }
     public string? SocketPath { get; init; }
-    /// <summary>The NBD URI from the device's backend identifier, when it is one.</summary>
+    /// <summary>The NBD URI from the device's backend identifier (or its owner's record), when it is one.</summary>
     public string? Uri { get; init; }
     public long Size { get; init; }
     public int BlockSize { get; init; }
     public bool IsReadOnly { get; init; }
     public bool IsConnected { get; init; }
+    /// <summary>Connected, Broken (its owner lost the relay or socketpair it needs), Disconnected, or Failed (a persistent device the service could not take back).</summary>
+    public string State { get; init; } = "Connected";
+    /// <summary>Why the device is not Connected, in words you can act on.</summary>
+    public string? StatusMessage { get; init; }
     public int? Connections { get; init; }
     /// <summary>Request timeout in seconds, when the kernel shows it.</summary>
     public int? Timeout { get; init; }
     public string[] MountPoints { get; init; } = [];
     public string? BackendIdentifier { get; init; }
+    /// <summary>Nbd: the kernel's nbd driver.</summary>
+    public string Driver { get; init; } = "Nbd";
+    /// <summary>
+    /// Who owns the device: Process (this pwsh serves its export over a socket pair or runs its ioctl thread),
+    /// Service (the NbdPowerShell service relays or serves it), or null when no NbdPowerShell process does (the
+    /// kernel holds it alone, or another tool attached it).
+    /// </summary>
+    public string? Scope { get; init; }
+    /// <summary>Process id of the owner (this pwsh or the service); null when no NbdPowerShell process owns it.</summary>
+    public int? OwnerProcessId { get; init; }
+    /// <summary>Kept in the service's configuration and taken back after a service restart.</summary>
+    public bool IsPersistent { get; init; }
     /// <summary>True when an export of this PowerShell process serves the device.</summary>
     public bool IsServedByThisProcess { get; init; }
     /// <summary>True when the device reaches its server over TLS (its backend identifier is an nbds:// URI).</summary>
     public bool IsTls { get; init; }
-    /// <summary>True while this process relays the device's TLS traffic (the kernel has a socketpair end; the relay lives as long as the module).</summary>
+    /// <summary>True while an NbdPowerShell process (this one or the service) relays the device's TLS traffic.</summary>
     public bool IsTlsRelayed { get; init; }
-    /// <summary>Plain, TLS relay (this process), or TLS relay (another process).</summary>
+    /// <summary>
+    /// How the kernel's sockets reach the server: Plain, "TLS relay (this process)", "TLS relay (NbdPowerShell service,
+    /// pid N)", "TLS relay (another process)", "Local socket pair (this process)" or "Local socket pair (NbdPowerShell service, pid N)".
+    /// </summary>
     public string Transport { get; init; } = "Plain";
+    /// <summary>The server the device uses now (differs from Uri only after a failover).</summary>
+    public string? ActiveUri { get; init; }
     /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
     public string? Mode { get; init; }
+    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay.</summary>
+    public IReadOnlyDictionary<string, long> Counters { get; init; } = new Dictionary<string, long>();
+    /// <summary>What happened to the device, oldest first, as its owner recorded it.</summary>
+    public NbdSessionEvent[] History { get; init; } = [];
     /// <summary>
     /// From Connect-NbdDevice and Disconnect-NbdDevice: true when the command attached or detached a device, false
     /// when the export was already attached and the existing session was returned (Ansible's "changed").
@@ -130,6 +155,12 @@ public sealed record NbdSession
     public bool Changed { get; init; }
 
     public override string ToString() => Device;
+}
+
+/// <summary>One event in a device's life (NbdSession.History).</summary>
+public sealed record NbdSessionEvent(DateTimeOffset Time, string Event, string Message)
+{
+    public override string ToString() => $"{Time:yyyy-MM-dd HH:mm:ss} {Event}: {Message}";
 }
 
 /// <summary>One /dev/nbdN node and whether it is free (Get-NbdDevice).</summary>
@@ -145,4 +176,37 @@ public sealed class NbdDevice
     public string[] MountPoints { get; init; } = [];
 
     public override string ToString() => Device;
+}
+
+/// <summary>The NbdPowerShell service: whether it runs, where its files are, what it serves (Get-NbdService).</summary>
+public sealed record NbdService
+{
+    public bool IsRunning { get; init; }
+    public int? ProcessId { get; init; }
+    public string? Version { get; init; }
+    public DateTimeOffset? StartTime { get; init; }
+    public TimeSpan? Uptime { get; init; }
+    /// <summary>The control socket (root only): $NBDPOWERSHELL_RUNTIME_DIR/control.sock, by default /run/nbdpowershell/control.sock.</summary>
+    public string ControlSocket { get; init; } = "";
+    /// <summary>The configuration file with the persistent exports and devices.</summary>
+    public string ConfigurationPath { get; init; } = "";
+    public string RuntimeDirectory { get; init; } = "";
+    /// <summary>Where a service started on demand writes its log (under systemd: the journal).</summary>
+    public string LogPath { get; init; } = "";
+    public int ExportCount { get; init; }
+    public int DeviceCount { get; init; }
+    public int? ShutdownGraceSeconds { get; init; }
+    /// <summary>The running service was started by systemd (the unit Install-NbdService writes).</summary>
+    public bool IsSystemdManaged { get; init; }
+    /// <summary>The systemd unit file exists.</summary>
+    public bool IsInstalled { get; init; }
+    public string UnitPath { get; init; } = "";
+    /// <summary>systemd is this machine's init system (false in most containers and CI runners: there the service starts on demand).</summary>
+    public bool IsSystemdRunning { get; init; }
+    /// <summary>Configuration entries the service skipped and exports or devices that could not come back.</summary>
+    public string[] Problems { get; init; } = [];
+    /// <summary>From Start-NbdService, Stop-NbdService, Install-NbdService and Uninstall-NbdService: whether the command changed something.</summary>
+    public bool Changed { get; init; }
+
+    public override string ToString() => IsRunning ? $"NbdPowerShell service (pid {ProcessId})" : "NbdPowerShell service (not running)";
 }

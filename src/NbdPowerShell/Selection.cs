@@ -1,6 +1,6 @@
 using System.Management.Automation;
 using System.Text.RegularExpressions;
-using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell;
 
@@ -41,36 +41,37 @@ internal static partial class Selection
         return chosen;
     }
 
-    /// <summary>-Device/-Index filtering: wildcard misses are silent, other misses are NbdDeviceNotFound errors.</summary>
-    public static IEnumerable<NbdDeviceInfo> Devices(NbdCmdlet cmdlet, IReadOnlyList<NbdDeviceInfo> candidates, IReadOnlyList<NbdDeviceInfo> all,
-        string[]? device, int[]? index, string what)
+    /// <summary>
+    /// -Device/-Index filtering over <paramref name="candidates"/>: wildcard misses are silent, other misses are
+    /// NbdDeviceNotFound errors that say whether the device exists at all (<paramref name="existing"/>) or is just not <paramref name="what"/>.
+    /// </summary>
+    public static IEnumerable<T> Devices<T>(NbdCmdlet cmdlet, IReadOnlyList<T> candidates, IReadOnlyCollection<int> existing,
+        string[]? device, int[]? index, string what, Func<T, int> indexOf, Func<T, string> deviceOf)
     {
-        var chosen = new List<NbdDeviceInfo>();
         if (device is null && index is null)
             return candidates;
+        var chosen = new List<T>();
         foreach (string d in device ?? [])
         {
             if (WildcardPattern.ContainsWildcardCharacters(d))
             {
                 var pattern = new WildcardPattern(d, WildcardOptions.IgnoreCase);
-                chosen.AddRange(candidates.Where(c => pattern.IsMatch(c.Device) || pattern.IsMatch($"nbd{c.Index}")));
+                chosen.AddRange(candidates.Where(c => pattern.IsMatch(deviceOf(c)) || pattern.IsMatch($"nbd{indexOf(c)}")));
                 continue;
             }
             var i = ParseDevice(d);
-            var match = i is null ? null : candidates.FirstOrDefault(c => c.Index == i);
-            if (match is null)
-                cmdlet.WriteNotFound(d, all.Any(a => a.Index == i) ? $"{d} is not {what}." : $"{d} is not an nbd device on this machine; Get-NbdDevice lists them.");
-            else
-                chosen.Add(match);
+            var match = candidates.Where(c => i is not null && indexOf(c) == i).ToList();
+            if (match.Count == 0)
+                cmdlet.WriteNotFound(d, i is int e && existing.Contains(e) ? $"{d} is not {what}." : $"{d} is not an nbd device on this machine; Get-NbdDevice lists them.");
+            chosen.AddRange(match);
         }
         foreach (int i in index ?? [])
         {
-            var match = candidates.FirstOrDefault(c => c.Index == i);
-            if (match is null)
-                cmdlet.WriteNotFound($"/dev/nbd{i}", all.Any(a => a.Index == i) ? $"/dev/nbd{i} is not {what}." : $"/dev/nbd{i} is not an nbd device on this machine; Get-NbdDevice lists them.");
-            else
-                chosen.Add(match);
+            var match = candidates.Where(c => indexOf(c) == i).ToList();
+            if (match.Count == 0)
+                cmdlet.WriteNotFound($"/dev/nbd{i}", existing.Contains(i) ? $"/dev/nbd{i} is not {what}." : $"/dev/nbd{i} is not an nbd device on this machine; Get-NbdDevice lists them.");
+            chosen.AddRange(match);
         }
-        return chosen.DistinctBy(c => c.Index);
+        return chosen.DistinctBy(indexOf);
     }
 }

@@ -1,5 +1,8 @@
 using Microsoft.Extensions.Logging;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Hosting;
+using NbdPowerShell.Engine.Hosting.Devices;
+using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
@@ -30,6 +33,11 @@ public sealed class ErrorCatalogueTests
         Assert.Equal("NbdAddressInUse", ErrorIds.Classify(new NbdServerException(NbdServerError.AddressInUse, "m")));
         Assert.Equal("NbdPermissionDenied", ErrorIds.Classify(new StorageException(13, "m")));
         Assert.Equal("NbdPathNotFound", ErrorIds.Classify(new StorageException(2, "m")));
+        Assert.Equal("NbdServerStopped", ErrorIds.Classify(new NbdServerException(NbdServerError.Stopped, "m")));
+        Assert.Equal("NbdIOError", ErrorIds.Classify(new IOException("m")));
+        Assert.Equal("NbdTimeout", ErrorIds.Classify(new TimeoutException("m")));
+        Assert.Equal("NbdServiceUnavailable", ErrorIds.Classify(new NbdServiceNotRunningException("m")));
+        Assert.Equal("NbdExportBusy", ErrorIds.Classify(new NbdHostException("NbdExportBusy", "reported by the service")));
         Assert.Null(ErrorIds.Classify(new InvalidOperationException("a bug, not an expected failure")));
     }
 
@@ -89,7 +97,9 @@ public sealed class OutputMapperTests
             BackendIdentifier = "nbd://nas01:10810/backup", Connections = 2, TimeoutSeconds = 30, MountPoints = ["/mnt/b"],
             Mode = AttachMode.Netlink,
         };
-        var s = OutputMapper.ToSession(info);
+        var s = OutputMapper.ToSession(info, null);
+        Assert.Null(s.Scope);
+        Assert.Equal("Connected", s.State);
         Assert.Equal(("/dev/nbd2", 2, "nas01", 10810, "backup"), (s.Device, s.Index, s.ComputerName, s.Port, s.ExportName));
         Assert.Equal("nbd://nas01:10810/backup", s.Uri);
         Assert.Equal(["/mnt/b"], s.MountPoints);
@@ -100,11 +110,69 @@ public sealed class OutputMapperTests
     [Fact]
     public void DevicesOfOtherToolsWithoutUriStillMap()
     {
-        var s = OutputMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false });
+        var s = OutputMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false }, null);
         Assert.Null(s.ComputerName);
         Assert.Null(s.Uri);
         Assert.Null(s.Mode);
         var d = OutputMapper.ToDevice(new NbdDeviceInfo { Device = "/dev/nbd1", Index = 1, IsConnected = false, Size = 0, BlockSize = 0, IsReadOnly = false });
         Assert.Equal("Free", d.State);
+    }
+
+    [Fact]
+    public void ServiceOwnedTlsDevicesSayWhoRelaysThemAndKeepItAfterDisconnect()
+    {
+        var info = new NbdDeviceInfo
+        {
+            Device = "/dev/nbd4", Index = 4, IsConnected = true, Size = 1 << 20, BlockSize = 4096, IsReadOnly = false,
+            BackendIdentifier = "nbds://nas01/secure", Mode = AttachMode.Netlink,
+        };
+        var owner = new DeviceStatus
+        {
+            Id = "abc", Kind = "kernel", Device = "/dev/nbd4", Index = 4, Uri = "nbds://nas01/secure", Transport = "TLS relay",
+            Scope = HostScope.Service, ProcessId = 4242, IsPersistent = true,
+            Counters = new Dictionary<string, long> { ["BytesToServer"] = 7 },
+            History = [new DeviceEvent(DateTimeOffset.Now, "Attached", "attached")],
+        };
+        var s = OutputMapper.ToSession(info, owner);
+        Assert.Equal(("Service", 4242, true, true), (s.Scope, s.OwnerProcessId!.Value, s.IsTlsRelayed, s.IsPersistent));
+        Assert.Equal("TLS relay (NbdPowerShell service, pid 4242)", s.Transport);
+        Assert.Equal(7, s.Counters["BytesToServer"]);
+        Assert.Equal("Attached", Assert.Single(s.History).Event);
+        // What Disconnect-NbdDevice -PassThru writes keeps every field but the state.
+        var after = s with { IsConnected = false, State = "Disconnected", Changed = true };
+        Assert.Equal((s.Transport, s.IsTls, s.IsTlsRelayed), (after.Transport, after.IsTls, after.IsTlsRelayed));
+        var broken = OutputMapper.ToSession(info, owner with { State = "Broken", Message = "relay ended" });
+        Assert.False(broken.IsTlsRelayed);
+        Assert.Equal("relay ended", broken.StatusMessage);
+    }
+
+    [Fact]
+    public void EveryExportPropertyIsMappedFromTheHostRecord()
+    {
+        var info = new ExportInfo
+        {
+            Name = "n", Description = "d", Path = "/p", Backend = "file:/p", Size = 5, IsReadOnly = true, IsCopyOnWrite = true,
+            ListenAddress = ["::1"], Port = 7, SocketPath = "/s", Listeners = ["[::1]:7", "/s"], AllowedClient = ["10.0.0.0/8"],
+            MaxConnections = 3, State = "Failed", StatusMessage = "m", ClientCount = 2, TotalConnections = 9, StartTime = DateTimeOffset.UnixEpoch.AddDays(1),
+            BytesRead = 11, BytesWritten = 12, Uri = "nbd://[::1]:7/n", TlsMode = "Allow", IsTlsOnly = true, CertificateSubject = "CN=x",
+            CertificateThumbprint = "AB", RequiresClientCertificate = true, Scope = HostScope.Service, IsPersistent = true, ProcessId = 99,
+        };
+        var export = OutputMapper.ToExport(info, changed: true);
+        foreach (var property in typeof(NbdExport).GetProperties())
+        {
+            if (property.Name == nameof(NbdExport.Changed))
+            {
+                Assert.True(export.Changed);
+                continue;
+            }
+            var source = typeof(ExportInfo).GetProperty(property.Name);
+            Assert.True(source is not null, $"NbdExport.{property.Name} has no source in ExportInfo");
+            object? expected = source!.GetValue(info);
+            object? actual = property.GetValue(export);
+            if (expected is System.Collections.IEnumerable list and not string)
+                Assert.Equal(list.Cast<object>(), ((System.Collections.IEnumerable)actual!).Cast<object>());
+            else
+                Assert.Equal(expected?.ToString(), actual?.ToString());
+        }
     }
 }

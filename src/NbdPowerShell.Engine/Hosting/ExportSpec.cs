@@ -94,9 +94,6 @@ public sealed record ExportSpec
         string s => $"'{s}'",
         _ => value.ToString() ?? "",
     };
-
-    /// <summary>What the listing shows as the backend before the store is open.</summary>
-    public string BackendText => Path is null ? "memory" : CopyOnWrite ? $"cow:file:{Path}" : $"file:{Path}";
 }
 
 /// <summary>One place an export is served: a TCP address and port, or a Unix socket path.</summary>

@@ -2,37 +2,47 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Interop;
+using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 
 namespace NbdPowerShell.Engine.Hosting;
 
 /// <summary>
-/// The exports one process serves, on one <see cref="NbdServer"/>: it opens their stores, keeps the listener
-/// registry (exports on the same address and port, or Unix socket, share one listener and its TLS settings; a
-/// listener closes with its last export) and hands out in-process connections for kernel attach. The cmdlets
-/// use one in the pwsh process; the service uses one for the exports that outlive the shell. Export names are
+/// The exports and devices one process owns. Exports run on one <see cref="NbdServer"/>: the host opens their
+/// stores and keeps the listener registry (exports on the same address and port, or Unix socket, share one
+/// listener and its TLS settings; a listener closes with its last export). Devices live in its
+/// <see cref="DeviceRegistry"/>, which attaches through device kinds (the kernel nbd driver by default). The
+/// cmdlets use one host in the pwsh process; the service uses one for what outlives the shell. Export names are
 /// unique per host. Thread safe.
 /// </summary>
-public sealed class NbdHost
+public sealed class NbdHost : INbdHost
 {
     private readonly object _gate = new();
     private readonly Dictionary<string, ListenerEntry> _listeners = new(StringComparer.Ordinal);
     private readonly Dictionary<string, HostedExport> _exports = new(StringComparer.OrdinalIgnoreCase);
     private readonly ILogger _log;
+    private readonly ILogger _serverLog;
     private readonly NbdServerOptions _options;
     private NbdServer _server;
 
-    public NbdHost(HostScope scope, ILogger log, NbdServerOptions? options = null)
+    public NbdHost(HostScope scope, ILoggerFactory loggers, NbdServerOptions? options = null)
     {
         Scope = scope;
-        _log = log;
+        _log = loggers.CreateLogger(LogCategories.Hosting);
+        _serverLog = loggers.CreateLogger(LogCategories.Server);
         _options = options ?? new NbdServerOptions();
-        _server = new NbdServer(_options, log);
+        _server = new NbdServer(_options, _serverLog);
+        Devices = new DeviceRegistry(this, loggers.CreateLogger(LogCategories.Devices));
+        Devices.AddKind(new KernelDeviceKind());
     }
 
     public HostScope Scope { get; }
+
+    /// <summary>The devices this host owns and the kinds it can attach.</summary>
+    public DeviceRegistry Devices { get; }
 
     private sealed class ListenerEntry(string key, Listener listener, ListenerSpec bound, string? clientHost, string tlsIdentity, bool tls)
     {
@@ -55,7 +65,6 @@ public sealed class NbdHost
         public string Backend { get; } = backend;
         public DateTimeOffset Started { get; } = started;
         public TaskCompletionSource Stopped { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        public HashSet<int> LocalDevices { get; } = [];
         public ExportInfo? LastSnapshot { get; set; }
     }
 
@@ -74,7 +83,11 @@ public sealed class NbdHost
     /// (Changed false); a different one is refused with ExportAlreadyExists unless <paramref name="replace"/>,
     /// which stops the old export (dropping its clients) and starts the new one. Throws engine exceptions.
     /// </summary>
-    public async Task<HostResult<ExportInfo>> StartExportAsync(ExportSpec spec, bool replace = false, CancellationToken cancellationToken = default)
+    public Task<HostResult<ExportInfo>> StartExportAsync(ExportSpec spec, bool replace = false, CancellationToken cancellationToken = default) =>
+        StartExportAsync(spec, replace, preferredPort: null, cancellationToken);
+
+    /// <param name="preferredPort">For listeners that ask for port 0: try this port first (the one a persistent export had before a restart), then any.</param>
+    public async Task<HostResult<ExportInfo>> StartExportAsync(ExportSpec spec, bool replace, int? preferredPort, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(spec);
         spec.Validate(persistent: false);
@@ -103,7 +116,7 @@ public sealed class NbdHost
                     }
                     throw AlreadyExists(raced.Spec, spec);
                 }
-                var listeners = AcquireListeners(spec, tls);
+                var listeners = AcquireListeners(spec, tls, preferredPort);
                 try
                 {
                     _server.AddExport(new ExportDefinition(spec.Name, store)
@@ -161,7 +174,7 @@ public sealed class NbdHost
     /// Finds or opens the listeners of an export (under the lock). Several TCP addresses given port 0 share the
     /// port the first one got. A listener shared with other exports must have the same TLS settings.
     /// </summary>
-    private List<ListenerEntry> AcquireListeners(ExportSpec spec, TlsOptions? tls)
+    private List<ListenerEntry> AcquireListeners(ExportSpec spec, TlsOptions? tls, int? preferredPort)
     {
         string tlsIdentity = DescribeTls(tls);
         var acquired = new List<ListenerEntry>();
@@ -191,7 +204,7 @@ public sealed class NbdHost
                         entry = RequireSameTls(shared, tlsIdentity, $"{wanted.Address}:{port}");
                     else
                     {
-                        var listener = _server.AddTcpListener(new IPEndPoint(address, port), tls);
+                        var listener = AddTcpListener(address, port == 0 ? preferredPort : null, port, tls);
                         int bound = ((IPEndPoint)listener.EndPoint).Port;
                         entry = Register(new ListenerEntry(TcpKey(address, bound), listener, ListenerSpec.Tcp(address.ToString(), bound),
                             ClientHost(address), tlsIdentity, tls is not null));
@@ -207,6 +220,23 @@ public sealed class NbdHost
             ReleaseListeners(spec.Name, acquired);
             throw;
         }
+    }
+
+    /// <summary>Binds <paramref name="preferred"/> when given and free, otherwise <paramref name="port"/>.</summary>
+    private Listener AddTcpListener(IPAddress address, int? preferred, int port, TlsOptions? tls)
+    {
+        if (preferred is int p && !_listeners.ContainsKey(TcpKey(address, p)))
+        {
+            try
+            {
+                return _server.AddTcpListener(new IPEndPoint(address, p), tls);
+            }
+            catch (NbdServerException e) when (e.Reason == NbdServerError.AddressInUse)
+            {
+                _log.LogWarning("Port {Port} on {Address} is taken now; listening on another free port", p, address);
+            }
+        }
+        return _server.AddTcpListener(new IPEndPoint(address, port), tls);
     }
 
     private ListenerEntry Register(ListenerEntry entry)
@@ -354,50 +384,62 @@ public sealed class NbdHost
         return Task.FromResult((client, UriOf(hosted)));
     }
 
-    /// <summary>Remembers that a kernel device is attached to an export, so removal can warn about it.</summary>
-    public void RecordLocalDevice(string name, int index)
+    Task<HostResult<ExportInfo>> INbdHost.StartExportAsync(ExportSpec spec, bool replace, bool persistent, CancellationToken cancellationToken)
     {
-        lock (_gate)
-        {
-            if (_exports.TryGetValue(name, out var hosted))
-                hosted.LocalDevices.Add(index);
-        }
+        if (persistent)
+            throw new ArgumentException("Only the NbdPowerShell service keeps exports across restarts; this host serves them while its process runs.");
+        return StartExportAsync(spec, replace, cancellationToken);
     }
 
-    /// <summary>The export serving a kernel device, judged by the backend identifier (our URIs) or local attachment.</summary>
-    public string? ExportServing(int index, string? backendIdentifier)
+    Task<IReadOnlyList<ExportInfo>> INbdHost.GetExportsAsync(CancellationToken cancellationToken) => Task.FromResult(GetExports());
+
+    Task<ExportInfo> INbdHost.StopExportAsync(string name, bool force, CancellationToken cancellationToken) => StopExportAsync(name, force, cancellationToken);
+
+    /// <summary>
+    /// Attaches a device through the registry. In a pwsh process, a device that needs nothing from this process
+    /// (a plain netlink device) is not kept: the kernel alone holds it, and it outlives the process.
+    /// </summary>
+    public async Task<HostResult<DeviceStatus>> AttachDeviceAsync(DeviceRequest request, CancellationToken cancellationToken = default)
     {
+        if (request.Persistent && Scope != HostScope.Service)
+            throw new ArgumentException("Only the NbdPowerShell service keeps devices across restarts.");
+        var result = await Devices.AttachAsync(request, cancellationToken).ConfigureAwait(false);
+        if (Scope == HostScope.Process && result.Changed && Devices.Find(result.Value.Id) is KernelDevice { Settings.NeedsOwner: false })
+            Devices.Forget(result.Value.Id);
+        return result;
+    }
+
+    public Task<IReadOnlyList<DeviceStatus>> GetDevicesAsync(CancellationToken cancellationToken = default) => Task.FromResult(Devices.GetStatus());
+
+    public Task<DeviceStatus> DetachDeviceAsync(string device, bool force, TimeSpan timeout, CancellationToken cancellationToken = default) =>
+        Devices.DetachAsync(device, force, timeout, cancellationToken);
+
+    /// <summary>The export a kernel device is attached to, judged by its backend identifier (the URI of any of the export's listeners).</summary>
+    public string? ExportServing(string? backendIdentifier)
+    {
+        if (backendIdentifier is null || !NbdUri.TryParse(backendIdentifier, out var backend))
+            return null;
         lock (_gate)
         {
             foreach (var hosted in _exports.Values)
-            {
-                if (hosted.LocalDevices.Contains(index) || (backendIdentifier is not null && backendIdentifier == UriOf(hosted).ToString()))
+                if (hosted.Listeners.Any(l => DeviceRequest.SameExport(UriOf(hosted, l), backend)))
                     return hosted.Spec.Name;
-            }
         }
         return null;
     }
 
     /// <summary>
-    /// Stops every export (module removal, process exit, service shutdown): listeners close, new requests are
-    /// refused, in-flight ones finish within the grace period, file stores are flushed and closed. Returns one
-    /// warning per kernel device that was still attached to one of them: its I/O fails from now on. The host
-    /// can serve again afterwards.
+    /// Stops every export (module removal, process exit, service shutdown): devices let go of what this process
+    /// holds, listeners close, new requests are refused, in-flight ones finish within the grace period, file stores
+    /// are flushed and closed. Returns one warning per kernel device that depended on them: its I/O fails from now
+    /// on. <paramref name="devices"/> lists the kernel's devices (index, node, backend identifier, connected). The
+    /// host can serve again afterwards.
     /// </summary>
     public IReadOnlyList<string> Shutdown(Func<IReadOnlyList<(int Index, string Device, string? Backend, bool Connected)>>? devices = null, TimeSpan? wait = null)
     {
-        HostedExport[] all;
-        NbdServer server;
-        lock (_gate)
-        {
-            all = _exports.Values.ToArray();
-            _exports.Clear();
-            _listeners.Clear();
-            server = _server;
-            _server = new NbdServer(_options, _log);
-        }
         var warnings = new List<string>();
-        if (all.Length > 0)
+        var owned = Devices.GetStatus();
+        if (Count > 0 || owned.Count > 0)
         {
             IReadOnlyList<(int Index, string Device, string? Backend, bool Connected)> attached = [];
             try
@@ -406,14 +448,31 @@ public sealed class NbdHost
             }
             catch (Exception e)
             {
-                _log.LogDebug("Could not list nbd devices while stopping exports: {Message}", e.Message);
+                _log.LogDebug("Could not list nbd devices while stopping: {Message}", e.Message);
             }
-            foreach (var hosted in all)
+            string stopping = Scope == HostScope.Service ? "the NbdPowerShell service stopped" : "it stopped with the module";
+            var warned = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var d in attached.Where(d => d.Connected))
             {
-                string uri = UriOf(hosted).ToString();
-                foreach (var d in attached.Where(d => d.Connected && (hosted.LocalDevices.Contains(d.Index) || d.Backend == uri)))
-                    warnings.Add($"{d.Device} is still attached to export '{hosted.Spec.Name}', which stopped with the module: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device {d.Device} -Force.");
+                if (ExportServing(d.Backend) is { } export && warned.Add(d.Device))
+                    warnings.Add($"{d.Device} is still attached to export '{export}', and {stopping}: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device {d.Device} -Force.");
             }
+            foreach (var d in owned.Where(d => d.Transport is "TLS relay" or "Local socket pair" && d.State == "Connected" && d.Device is not null))
+            {
+                if (warned.Add(d.Device!))
+                    warnings.Add($"{d.Device} reached {d.Uri} through a {d.Transport!.ToLowerInvariant()} in this process, and {stopping}: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device {d.Device} -Force.");
+            }
+        }
+        Devices.ReleaseAllAsync().Wait(wait ?? TimeSpan.FromSeconds(15));
+        HostedExport[] all;
+        NbdServer server;
+        lock (_gate)
+        {
+            all = _exports.Values.ToArray();
+            _exports.Clear();
+            _listeners.Clear();
+            server = _server;
+            _server = new NbdServer(_options, _serverLog);
         }
         SafeStopAsync(server).Wait(wait ?? TimeSpan.FromSeconds(15));
         foreach (var hosted in all)

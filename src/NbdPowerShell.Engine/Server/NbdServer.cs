@@ -257,7 +257,8 @@ public sealed class NbdServer : IAsyncDisposable
             listener.Close();
         var connections = _connections.Values.ToArray();
         await Task.WhenAll(connections.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
-        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        // The sockets are shut down: what is left is requests stuck in a store, which the grace period bounds too.
+        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(Options.StopGracePeriod)).ConfigureAwait(false);
         foreach (var export in _exports.Values)
             FlushAndDispose(export.Store);
         _exports.Clear();

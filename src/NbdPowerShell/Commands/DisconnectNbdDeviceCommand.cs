@@ -4,7 +4,10 @@ using NbdPowerShell.Engine.Kernel;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Detaches nbd devices. A mounted (or otherwise held) device is refused unless -Force.</summary>
+/// <summary>
+/// Detaches nbd devices, through their owner when an NbdPowerShell process owns them (the service forgets a persistent
+/// one). A mounted (or otherwise held) device is refused unless -Force.
+/// </summary>
 [Cmdlet(VerbsCommunications.Disconnect, "NbdDevice", DefaultParameterSetName = DeviceSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Medium)]
 [OutputType(typeof(NbdSession))]
 public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
@@ -64,36 +67,37 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
                 break;
         }
 
-        var discovery = NbdDeviceDiscovery.System();
+        if (targets.Count == 0 || AllSessions(includeFree: true) is not { } sessions)
+            return;
         foreach (var (index, text) in targets)
         {
-            NbdDeviceInfo? info;
-            try
+            string device = $"/dev/nbd{index}";
+            var before = sessions.FirstOrDefault(s => s.Device == device);
+            if (before is null)
             {
-                info = discovery.GetDevice(index);
-            }
-            catch (Exception e) when (IsExpected(e))
-            {
-                WriteNbdError(e, text);
+                WriteNotFound(text, $"{device} does not exist on this machine; Get-NbdSession lists the attached devices.");
                 continue;
             }
-            if (info is null)
-            {
-                WriteNotFound(text, $"/dev/nbd{index} does not exist on this machine; Get-NbdSession lists the attached devices.");
-                continue;
-            }
-            string what = info.BackendIdentifier is { } b ? $"{info.Device} ({b})" : info.Device;
-            if (info.MountPoints.Count > 0)
-                what += $", mounted at {string.Join(", ", info.MountPoints)}";
+            string what = before.BackendIdentifier is { } b ? $"{device} ({b})" : device;
+            if (before.MountPoints.Length > 0)
+                what += $", mounted at {string.Join(", ", before.MountPoints)}";
+            if (before.Scope == "Service")
+                what += $", owned by the NbdPowerShell service{(before.IsPersistent ? " (it forgets it)" : "")}";
             if (!ShouldProcess(what, "Disconnect NBD device"))
                 continue;
-            var before = OutputMapper.ToSession(info, Hosts.Process);
             TryRun(() =>
             {
-                Wait(new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, TimeSpan.FromSeconds(Timeout), CancelToken),
-                    "Disconnect-NbdDevice", $"Disconnecting {info.Device}");
+                var timeout = TimeSpan.FromSeconds(Timeout);
+                Task detach = before.Scope switch
+                {
+                    "Service" => Hosts.Service.DetachDeviceAsync(device, Force, timeout, CancelToken),
+                    "Process" => Hosts.Process.DetachDeviceAsync(device, Force, timeout, CancelToken),
+                    // No NbdPowerShell process owns it (nbd-client, qemu-nbd, or a plain device the kernel holds alone).
+                    _ => new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, timeout, CancelToken),
+                };
+                Wait(detach, "Disconnect-NbdDevice", $"Disconnecting {device}");
                 if (PassThru)
-                    WriteObject(before with { IsConnected = false, Changed = true });
+                    WriteObject(before with { IsConnected = false, State = "Disconnected", Changed = true });
             }, text);
         }
     }

@@ -39,7 +39,7 @@ public sealed class FindNbdExportCommand : NbdClientCmdlet
             : NbdUri.ForTcp(ComputerName, Port, tls: WantsTls);
         TryRun(() =>
         {
-            var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsOptions() };
+            var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsSpec()?.Load() };
             var exports = Wait(NbdClient.ListExportsAsync(server, options, CancelToken), "Find-NbdExport", $"Listing the exports of {Describe(server)}");
             foreach (var e in exports)
                 WriteObject(OutputMapper.ToRemote(server, e));

@@ -1,10 +1,12 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
-using NbdPowerShell.Engine.Kernel;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Lists every attached nbd device on the machine, whoever attached it (this module, nbd-client, qemu-nbd).</summary>
+/// <summary>
+/// Lists every attached nbd device on the machine, whoever attached it (this module, the NbdPowerShell service,
+/// nbd-client, qemu-nbd), with which process owns or relays it and, for devices of the service, their state and history.
+/// </summary>
 [Cmdlet(VerbsCommon.Get, "NbdSession", DefaultParameterSetName = DeviceSet)]
 [OutputType(typeof(NbdSession))]
 public sealed class GetNbdSessionCommand : NbdCmdlet
@@ -27,10 +29,10 @@ public sealed class GetNbdSessionCommand : NbdCmdlet
 
     protected override void ProcessRecord()
     {
-        if (DiscoverDevices() is not { } devices)
+        if (DiscoverDevices() is not { } devices || AllSessions() is not { } sessions)
             return;
-        var connected = devices.Where(d => d.IsConnected).ToList();
-        foreach (var info in Selection.Devices(this, connected, devices, Device, ParameterSetName == IndexSet ? Index : null, "connected"))
-            WriteObject(OutputMapper.ToSession(info, Hosts.Process));
+        var existing = devices.Select(d => d.Index).ToHashSet();
+        foreach (var session in Selection.Devices(this, sessions, existing, Device, ParameterSetName == IndexSet ? Index : null, "connected", s => s.Index, s => s.Device))
+            WriteObject(session);
     }
 }

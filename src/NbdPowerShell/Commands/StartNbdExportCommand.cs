@@ -7,7 +7,7 @@ using NbdPowerShell.Engine.Server;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Serves a file, block device or memory disk over NBD from this PowerShell process.</summary>
+/// <summary>Serves a file, block device or memory disk over NBD from this PowerShell process, or, with -Persistent, from the NbdPowerShell service.</summary>
 [Cmdlet(VerbsLifecycle.Start, "NbdExport", DefaultParameterSetName = PathSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
 [OutputType(typeof(NbdExport))]
 public sealed class StartNbdExportCommand : NbdCmdlet
@@ -94,6 +94,10 @@ public sealed class StartNbdExportCommand : NbdCmdlet
     [Parameter]
     public SwitchParameter Force { get; set; }
 
+    /// <summary>Hand the export to the NbdPowerShell service (started on demand): it outlives this pwsh and comes back after a service restart.</summary>
+    [Parameter]
+    public SwitchParameter Persistent { get; set; }
+
     protected override void ProcessRecord()
     {
         DrainEngineLog();
@@ -107,7 +111,7 @@ public sealed class StartNbdExportCommand : NbdCmdlet
         string name = Name ?? (path is null ? "memory" : System.IO.Path.GetFileNameWithoutExtension(path));
         var listeners = BuildListeners();
         string where = string.Join(" and ", listeners.Select(l => l.IsUnix || l.Port != 0 ? l.ToString() : $"{l.Address} (any free port)"));
-        if (!ShouldProcess($"{path ?? $"memory ({Size} bytes)"} as '{name}' on {where}", "Start NBD export"))
+        if (!ShouldProcess($"{path ?? $"memory ({Size} bytes)"} as '{name}' on {where}{(Persistent ? " in the NbdPowerShell service, persistently" : "")}", "Start NBD export"))
             return;
         TryRun(() =>
         {
@@ -125,10 +129,14 @@ public sealed class StartNbdExportCommand : NbdCmdlet
                 Tls = BuildTls(),
                 TlsOnly = TlsOnly,
             };
-            var result = Wait(Hosts.Process.StartExportAsync(spec, Force, CancelToken), "Start-NbdExport", $"Starting export '{name}'");
+            if (Persistent)
+                spec.Validate(persistent: true);
+            INbdHost host = Persistent ? StartService() : Hosts.Process;
+            var result = Wait(host.StartExportAsync(spec, Force, Persistent, CancelToken), "Start-NbdExport", $"Starting export '{name}'");
+            string by = Persistent ? "the NbdPowerShell service (persistent)" : "this PowerShell process";
             WriteVerbose(result.Changed
-                ? $"Started export '{name}' at {result.Value.Uri}."
-                : $"Export '{name}' already runs with this definition at {result.Value.Uri}; nothing changed.");
+                ? $"Started export '{name}' at {result.Value.Uri}, served by {by}."
+                : $"Export '{name}' already runs with this definition at {result.Value.Uri}, served by {by}; nothing changed.");
             WriteObject(OutputMapper.ToExport(result.Value, result.Changed));
         }, name);
         DrainEngineLog();

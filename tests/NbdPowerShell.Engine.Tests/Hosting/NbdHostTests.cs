@@ -12,7 +12,7 @@ namespace NbdPowerShell.Engine.Tests.Hosting;
 /// <summary>The host behind the cmdlets and the service: listeners, idempotent starts, stops, local connections.</summary>
 public sealed class NbdHostTests : IDisposable
 {
-    private readonly NbdHost _host = new(HostScope.Process, NullLogger.Instance);
+    private readonly NbdHost _host = new(HostScope.Process, NullLoggerFactory.Instance);
     private readonly ScratchDirectory _scratch = new();
 
     public void Dispose()
@@ -267,9 +267,11 @@ public sealed class NbdHostTests : IDisposable
     public void Shutdown_stops_everything_warns_about_attached_devices_and_the_host_serves_again()
     {
         var a = Start(Memory("one"));
-        Start(Memory("two"));
-        _host.RecordLocalDevice("two", 5);
-        var warnings = _host.Shutdown(() => [(3, "/dev/nbd3", a.Uri, true), (5, "/dev/nbd5", null, true), (6, "/dev/nbd6", "nbd://elsewhere/x", true)]);
+        string socket = _scratch.File("two.sock");
+        Start(new ExportSpec { Name = "two", MemorySize = 4096, Listeners = [ListenerSpec.Tcp("127.0.0.1", 0), ListenerSpec.Unix(socket)] });
+        // A device attached through any listener of an export is recognised by its backend identifier.
+        var warnings = _host.Shutdown(() => [(3, "/dev/nbd3", a.Uri, true), (5, "/dev/nbd5", NbdUri.ForUnix(socket, "two").ToString(), true),
+            (6, "/dev/nbd6", "nbd://elsewhere/x", true), (7, "/dev/nbd7", a.Uri, false)]);
         Assert.Equal(2, warnings.Count);
         Assert.Contains(warnings, w => w.StartsWith("/dev/nbd3", StringComparison.Ordinal) && w.Contains("'one'"));
         Assert.Contains(warnings, w => w.StartsWith("/dev/nbd5", StringComparison.Ordinal) && w.Contains("'two'"));
@@ -278,6 +280,20 @@ public sealed class NbdHostTests : IDisposable
         Assert.Empty(_host.Shutdown());
         var again = Start(Memory("one", a.Port));
         Assert.Equal(a.Port, again.Port);
+    }
+
+    [Fact]
+    public void A_restarted_export_that_asked_for_any_port_gets_its_old_one_back_when_free()
+    {
+        var first = Start(Memory("p"));
+        _host.StopExportAsync("p", force: false).GetAwaiter().GetResult();
+        var again = _host.StartExportAsync(Memory("p"), replace: false, preferredPort: first.Port, CancellationToken.None).GetAwaiter().GetResult().Value;
+        Assert.Equal(first.Port, again.Port);
+        _host.StopExportAsync("p", force: false).GetAwaiter().GetResult();
+        using var taken = new TcpListener(IPAddress.Loopback, first.Port);
+        taken.Start();
+        var elsewhere = _host.StartExportAsync(Memory("p"), replace: false, preferredPort: first.Port, CancellationToken.None).GetAwaiter().GetResult().Value;
+        Assert.NotEqual(first.Port, elsewhere.Port);
     }
 
     private static void WaitFor(Func<bool> condition)

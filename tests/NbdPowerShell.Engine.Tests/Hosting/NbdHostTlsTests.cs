@@ -11,7 +11,7 @@ namespace NbdPowerShell.Engine.Tests.Hosting;
 /// <summary>TLS exports in the host: URIs, listener sharing, TLS from files or objects, local connections without TLS.</summary>
 public sealed class NbdHostTlsTests : IDisposable
 {
-    private readonly NbdHost _host = new(HostScope.Process, NullLogger.Instance);
+    private readonly NbdHost _host = new(HostScope.Process, NullLoggerFactory.Instance);
     private readonly string _dir = Directory.CreateTempSubdirectory("nbdps-hosttls-").FullName;
     private readonly TestCertificates _certs;
 
