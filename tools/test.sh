@@ -47,7 +47,8 @@ if [ "$(id -u)" = 0 ] && [ -e /sys/module/nbd ]; then
     count_dotnet "$results/kernel.log"
 elif [ -n "${NBD_VM_RUNNER:-}" ]; then
     echo "running kernel tests inside $NBD_VM_RUNNER"
-    "$NBD_VM_RUNNER" --timeout 1800 -- env NBD_KERNEL_TESTS=1 HOME=/tmp DOTNET_CLI_HOME=/tmp DOTNET_NOLOGO=1 \
+    # The emulated VM is 20-30x slower: the test host may take minutes to connect back to "dotnet test".
+    "$NBD_VM_RUNNER" --timeout 2400 -- env NBD_KERNEL_TESTS=1 HOME=/tmp DOTNET_CLI_HOME=/tmp DOTNET_NOLOGO=1 VSTEST_CONNECTION_TIMEOUT=900 \
         "${kernel_cmd[@]}" 2>&1 | tee "$results/kernel.log" | grep -E '^\s+(Failed|Skipped) |^Total tests|^ +(Passed|Failed|Skipped): |nbd-vm'
     count_dotnet "$results/kernel.log"
 else

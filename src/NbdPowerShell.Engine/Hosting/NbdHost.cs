@@ -308,15 +308,7 @@ public sealed class NbdHost : INbdHost
     /// </summary>
     public async Task<ExportInfo> StopExportAsync(string name, bool force, CancellationToken cancellationToken = default)
     {
-        HostedExport? hosted;
-        NbdServer server;
-        lock (_gate)
-        {
-            _exports.TryGetValue(name, out hosted);
-            server = _server;
-        }
-        if (hosted is null)
-            throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served {Where}; Get-NbdExport lists them.");
+        var (hosted, server) = Served(name);
         var last = Describe(hosted);
         try
         {
@@ -334,6 +326,17 @@ public sealed class NbdHost : INbdHost
         }
         Forget(hosted);
         return last with { State = "Stopped", ClientCount = 0 };
+    }
+
+    /// <summary>An export and the server it runs on; ExportNotFound when there is none of that name.</summary>
+    private (HostedExport Hosted, NbdServer Server) Served(string name)
+    {
+        lock (_gate)
+        {
+            if (_exports.TryGetValue(name, out var hosted))
+                return (hosted, _server);
+        }
+        throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served {Where}; Get-NbdExport lists them.");
     }
 
     private void Forget(HostedExport hosted)
@@ -361,15 +364,7 @@ public sealed class NbdHost : INbdHost
     public Task<(Socket Client, NbdUri Uri)> OpenLocalConnectionAsync(string name, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        HostedExport? hosted;
-        NbdServer server;
-        lock (_gate)
-        {
-            _exports.TryGetValue(name, out hosted);
-            server = _server;
-        }
-        if (hosted is null)
-            throw new NbdServerException(NbdServerError.ExportNotFound, $"No export named '{name}' is served {Where}; Get-NbdExport lists them.");
+        var (hosted, server) = Served(name);
         var (client, serverEnd) = Libc.SocketPair();
         try
         {

@@ -64,6 +64,11 @@ internal sealed class KernelDevice : IManagedDevice
             state = "Broken";
             message = _lost ?? $"its TLS relay to {Settings.Uri} has ended, so I/O fails; Disconnect-NbdDevice it and connect again";
         }
+        else if (Settings.LocalExport is { } export && _context.Host.GetExport(export) is null)
+        {
+            state = "Broken";
+            message = $"export '{export}', which it reads and writes, has stopped, so I/O fails; Disconnect-NbdDevice -Device /dev/nbd{Index} -Force";
+        }
         else
         {
             state = "Connected";

@@ -100,11 +100,7 @@ public sealed class ServiceHost : INbdHost
         await _changes.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            ThrowIfStopping();
-            (PersistedExport Export, string? Error) known;
-            bool wasKnown;
-            lock (_gate)
-                wasKnown = _exports.TryGetValue(spec.Name, out known);
+            var (wasKnown, known) = Known(spec.Name);
             // A persistent export that failed to start comes back with the same command; a different one needs -Force.
             if (wasKnown && known.Error is not null && Host.GetExport(spec.Name) is null && known.Export.Spec.DifferencesFrom(spec).Count > 0 && !replace)
                 throw new Server.NbdServerException(Server.NbdServerError.ExportAlreadyExists,
@@ -124,6 +120,14 @@ public sealed class ServiceHost : INbdHost
     }
 
     private static ExportInfo Persistent(ExportInfo info) => info with { IsPersistent = true };
+
+    /// <summary>For a change (under the change lock): refuses while stopping, then the persistent export of that name, if any.</summary>
+    private (bool Found, (PersistedExport Export, string? Error) Entry) Known(string name)
+    {
+        ThrowIfStopping();
+        lock (_gate)
+            return _exports.TryGetValue(name, out var entry) ? (true, entry) : (false, default);
+    }
 
     public Task<IReadOnlyList<ExportInfo>> GetExportsAsync(CancellationToken cancellationToken)
     {
@@ -168,11 +172,7 @@ public sealed class ServiceHost : INbdHost
         await _changes.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            ThrowIfStopping();
-            (PersistedExport Export, string? Error) known;
-            bool wasKnown;
-            lock (_gate)
-                wasKnown = _exports.TryGetValue(name, out known);
+            var (wasKnown, known) = Known(name);
             ExportInfo stopped;
             if (Host.GetExport(name) is null && wasKnown)
                 stopped = Failed(known.Export, known.Error ?? "not running") with { State = "Stopped" };

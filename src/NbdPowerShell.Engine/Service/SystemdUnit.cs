@@ -17,9 +17,12 @@ public static class SystemdUnit
     public static bool IsSystemdRunning => Directory.Exists("/run/systemd/system");
 
     /// <summary>The unit text for running the service of the module at <paramref name="moduleManifest"/> on <paramref name="paths"/>.</summary>
-    public static string Render(string moduleManifest, ServicePaths paths, int shutdownGraceSeconds)
+    public static string Render(string moduleManifest, ServicePaths paths, int shutdownGraceSeconds) =>
+        Render(ServiceLauncher.ServiceCommand(moduleManifest, paths), paths, shutdownGraceSeconds);
+
+    /// <summary>The unit text for running <paramref name="command"/> (the service command line) on <paramref name="paths"/>.</summary>
+    public static string Render(IReadOnlyList<string> command, ServicePaths paths, int shutdownGraceSeconds)
     {
-        var command = ServiceLauncher.ServiceCommand(moduleManifest, paths);
         var text = new StringBuilder();
         text.Append("# Written by Install-NbdService (NbdPowerShell ").Append(ServiceHost.ModuleVersion).Append("); Uninstall-NbdService removes it.\n");
         text.Append("[Unit]\n");
@@ -30,9 +33,9 @@ public static class SystemdUnit
         text.Append("[Service]\n");
         text.Append("Type=notify\n");
         text.Append("NotifyAccess=main\n");
-        text.Append("Environment=").Append(Escape($"{ServicePaths.RuntimeVariable}={paths.RuntimeDirectory}")).Append('\n');
-        text.Append("Environment=").Append(Escape($"{ServicePaths.ConfigVariable}={paths.ConfigDirectory}")).Append('\n');
-        text.Append("ExecStart=").Append(string.Join(' ', command.Select(Escape))).Append('\n');
+        text.Append("Environment=").Append(Escape($"{ServicePaths.RuntimeVariable}={paths.RuntimeDirectory}", execLine: false)).Append('\n');
+        text.Append("Environment=").Append(Escape($"{ServicePaths.ConfigVariable}={paths.ConfigDirectory}", execLine: false)).Append('\n');
+        text.Append("ExecStart=").Append(string.Join(' ', command.Select(w => Escape(w)))).Append('\n');
         text.Append("KillSignal=SIGTERM\n");
         text.Append("KillMode=mixed\n");
         // The service exits within its grace time; systemd waits a little longer before SIGKILL.
@@ -46,13 +49,15 @@ public static class SystemdUnit
     }
 
     /// <summary>
-    /// One ExecStart/Environment word in systemd's syntax: double-quoted when it has spaces or quotes, with
-    /// backslash escapes; '%' (specifiers) doubled and '$' (variable expansion) doubled.
+    /// One ExecStart word or Environment assignment in systemd's syntax: double-quoted when it has spaces or quotes,
+    /// with backslash escapes and '%' (specifiers) doubled; on an exec line '$' (variable expansion) is doubled too.
     /// </summary>
-    internal static string Escape(string word)
+    internal static string Escape(string word, bool execLine = true)
     {
         var escaped = word.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal)
-            .Replace("%", "%%", StringComparison.Ordinal).Replace("$", "$$", StringComparison.Ordinal);
+            .Replace("%", "%%", StringComparison.Ordinal);
+        if (execLine)
+            escaped = escaped.Replace("$", "$$", StringComparison.Ordinal);
         return word.Any(c => char.IsWhiteSpace(c) || c is '"' or '\'' or ';' or '\\') ? $"\"{escaped}\"" : escaped;
     }
 
