@@ -40,6 +40,7 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
             Stop-Process -Id $servicePid -Force -ErrorAction Ignore
             $null = Wait-ProcessGone $servicePid
         }
+        Stop-TestServiceProcess $root
         $env:NBDPOWERSHELL_RUNTIME_DIR = $saved.Runtime
         $env:NBDPOWERSHELL_CONFIG_DIR = $saved.Config
         Remove-Item -Recurse -Force $root -ErrorAction SilentlyContinue
