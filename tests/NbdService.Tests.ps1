@@ -143,7 +143,7 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
         # pwsh as a .NET tool lives under root's home, which nobody cannot read; the engine test
         # (ControlSocketTests, SO_PEERCRED) covers the refusal then.
         $pwshFile = @(Get-PwshCommand)[0][-1]
-        & $nobody[0..3] /usr/bin/test -r $pwshFile
+        & $nobody[0] $nobody[1..3] /usr/bin/test -r $pwshFile
         if ($LASTEXITCODE -ne 0) {
             $global:LASTEXITCODE = 0
             Set-ItResult -Skipped -Because "user nobody cannot read $pwshFile (pwsh installed under root's home)"
