@@ -9,6 +9,14 @@ if (-not (Get-Module NbdPowerShell)) {
     Import-Module $global:NbdModulePath -Force -ErrorAction Stop
 }
 
+# No test may touch the real service (/run/nbdpowershell, /etc/nbdpowershell): every test process gets private
+# locations. Tests that start the service point these at their own directories and stop it when done.
+if (-not $env:NBDPOWERSHELL_TEST_PRIVATE) {
+    $env:NBDPOWERSHELL_TEST_PRIVATE = [IO.Path]::Combine([IO.Path]::GetTempPath(), "nbdps-pester-$PID")
+    $env:NBDPOWERSHELL_RUNTIME_DIR = [IO.Path]::Combine($env:NBDPOWERSHELL_TEST_PRIVATE, 'run')
+    $env:NBDPOWERSHELL_CONFIG_DIR = [IO.Path]::Combine($env:NBDPOWERSHELL_TEST_PRIVATE, 'etc')
+}
+
 $global:NbdTest = @{
     IsRoot      = $IsLinux -and ((id -u) -eq '0')
     HasNbd      = $IsLinux -and (Test-Path /sys/module/nbd)
@@ -36,6 +44,18 @@ function global:Connect-RawNbdClient([int]$Port, [string]$Name) {
 
 function global:Stop-AllTestExports {
     Get-NbdExport | Stop-NbdExport -Force -Confirm:$false -ErrorAction SilentlyContinue
+}
+
+# Kills the processes whose command line names a test's private directory: the service a test started there (its
+# command line holds the runtime directory), when Stop-NbdService could not stop it because a test failed or it hung.
+# Found by that unique directory, never by a process name, so nothing another test run started is touched.
+function global:Stop-TestServiceProcess([string]$Directory) {
+    foreach ($entry in [IO.Directory]::GetDirectories('/proc')) {
+        $id = 0
+        if (-not [int]::TryParse([IO.Path]::GetFileName($entry), [ref]$id) -or $id -eq $PID) { continue }
+        $commandLine = try { [IO.File]::ReadAllText("$entry/cmdline") } catch { '' }
+        if ($commandLine.Contains($Directory)) { Stop-Process -Id $id -Force -ErrorAction Ignore }
+    }
 }
 
 # Runs a script block in another runspace of this process (like Start-ThreadJob, which a source-built pwsh
@@ -125,5 +145,40 @@ function global:Invoke-ChildPwsh {
     finally {
         if (-not $process.HasExited) { $process.Kill($true) }
         $process.Dispose()
+    }
+}
+
+# One step of a multi-process scenario: runs a script in a new pwsh with the built module imported (and this
+# process's environment, so the same service locations), waits for it (killing it after -TimeoutSeconds) and returns
+# ExitCode, Output, Errors and, when the script's last output line is JSON, Json. -Prefix runs the pwsh through
+# another program (setpriv to run it as another user).
+function global:Invoke-PwshStep([string]$Script, [int]$TimeoutSeconds = 300, [string[]]$Prefix = @()) {
+    # Get-PwshCommand emits its command as one array (unrolled here by the parentheses, not nested by @()).
+    $command = @($Prefix) + (Get-PwshCommand)
+    $start = [Diagnostics.ProcessStartInfo]::new($command[0])
+    foreach ($a in @($command | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-Command', "`$ErrorActionPreference = 'Stop'; `$ProgressPreference = 'SilentlyContinue'; Import-Module '$NbdModulePath'; $Script")) {
+        $start.ArgumentList.Add($a)
+    }
+    $start.RedirectStandardOutput = $true
+    $start.RedirectStandardError = $true
+    $start.RedirectStandardInput = $true
+    $p = [Diagnostics.Process]::Start($start)
+    try {
+        $p.StandardInput.Close()
+        $out = $p.StandardOutput.ReadToEndAsync()
+        $err = $p.StandardError.ReadToEndAsync()
+        if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
+            $p.Kill($true)
+            throw "the pwsh step did not finish within $TimeoutSeconds s: $Script"
+        }
+        $p.WaitForExit()
+        $lines = @($out.Result -split "`n" | ForEach-Object TrimEnd | Where-Object { $_ })
+        $json = $null
+        if ($lines.Count -gt 0 -and $lines[-1] -match '^[\[{]') { $json = $lines[-1] | ConvertFrom-Json }
+        [pscustomobject]@{ ExitCode = $p.ExitCode; Output = $out.Result; Errors = $err.Result; Json = $json }
+    }
+    finally {
+        if (-not $p.HasExited) { $p.Kill($true) }
+        $p.Dispose()
     }
 }

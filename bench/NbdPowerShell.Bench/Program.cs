@@ -1,17 +1,23 @@
 using System.Net;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Server;
+using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
-// Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 //        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
 //        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
-// Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
+//        Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
 //        NbdPowerShell.Bench fuse-attach|fuse-cleanup ... (see FuseCommands.cs)
+//        NbdPowerShell.Bench service RUNTIME_DIR CONFIG_DIR
+//        Runs the NbdPowerShell service (what pwsh runs for the module) until SIGTERM, for tests that kill it.
 if (args.Length > 0 && args[0] is "copy" or "hash")
     return await DiskCommands.RunAsync(args);
+if (args.Length == 3 && args[0] == "service")
+    return NbdService.Run(args[1], args[2]);
 if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
     return await NbdPowerShell.Bench.FuseCommands.RunAsync(args);
 if (args.Length == 0 || args[0] != "serve")
@@ -21,6 +27,7 @@ if (args.Length == 0 || args[0] != "serve")
     Console.Error.WriteLine("       hash SOURCE [--algorithm NAME] [--connections N]");
     Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
     Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
+    Console.Error.WriteLine("       service RUNTIME_DIR CONFIG_DIR");
     return 2;
 }
 
@@ -48,19 +55,19 @@ for (int i = 1; i < args.Length; i++)
         case "--memory":
         {
             var (name, size) = Split(Next());
-            exports.Add((name, () => new MemoryBlockStore(ParseSize(size))));
+            exports.Add((name, () => StoreOpener.Open(null, ParseSize(size), readOnly: false, copyOnWrite: false)));
             break;
         }
         case "--cow":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => CopyOnWriteBlockStore.WithMemoryOverlay(FileBlockStore.Open(path, readOnly: true), ownsBase: true)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly: false, copyOnWrite: true)));
             break;
         }
         case "--file":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => FileBlockStore.Open(path, readOnly)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly, copyOnWrite: false)));
             break;
         }
         default:

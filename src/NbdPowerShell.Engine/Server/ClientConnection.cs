@@ -30,10 +30,11 @@ internal sealed class ClientConnection
     private volatile bool _stopping;
     private int _disposed;
 
-    public ClientConnection(NbdServer server, NbdTransport transport, ILogger log, int maxInFlight)
+    public ClientConnection(NbdServer server, NbdTransport transport, ConnectionOrigin origin, ILogger log, int maxInFlight)
     {
         Id = Interlocked.Increment(ref s_nextId);
         _server = server;
+        Origin = origin;
         _transport = transport;
         _log = log;
         _maxInFlight = maxInFlight;
@@ -42,6 +43,8 @@ internal sealed class ClientConnection
     }
 
     public long Id { get; }
+    /// <summary>The listener (and so the TLS rules) this client came through.</summary>
+    public ConnectionOrigin Origin { get; }
     public string ClientAddress { get; }
     public EndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public DateTimeOffset ConnectedAt { get; } = DateTimeOffset.UtcNow;
