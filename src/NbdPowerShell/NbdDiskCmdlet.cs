@@ -34,7 +34,7 @@ public abstract class NbdDiskCmdlet : NbdClientCmdlet
     {
         Connections = Connections,
         RequestSize = RequestSize,
-        Client = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsOptions() },
+        Client = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsSpec()?.Load() },
     };
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Management.Automation;
 using NbdPowerShell.Engine.Copy;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell.Commands;
 
