@@ -45,6 +45,10 @@ internal abstract class NbdTransport : IDisposable
     public virtual void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments) =>
         throw new NotSupportedException("This transport copies; check ZeroCopy first.");
 
+    /// <summary>Sends every byte the vectors describe, in order, as one message (zero-copy transports only; the vectors are consumed).</summary>
+    public virtual unsafe void WriteVectors(Interop.Libc.IoVec* vectors, int count) =>
+        throw new NotSupportedException("This transport copies; check ZeroCopy first.");
+
     /// <summary>Stops both directions so a blocked reader wakes up.</summary>
     public abstract void Shutdown();
 
