@@ -125,7 +125,8 @@ function global:Invoke-ChildPwsh {
 # ExitCode, Output, Errors and, when the script's last output line is JSON, Json. -Prefix runs the pwsh through
 # another program (setpriv to run it as another user).
 function global:Invoke-PwshStep([string]$Script, [int]$TimeoutSeconds = 300, [string[]]$Prefix = @()) {
-    $command = @($Prefix) + @(Get-PwshCommand)
+    # Not @(Get-PwshCommand): with an empty -Prefix that keeps dotnet and pwsh.dll as one element ("dotnet pwsh.dll").
+    $command = @($Prefix) + (Get-PwshCommand)
     $start = [Diagnostics.ProcessStartInfo]::new($command[0])
     foreach ($a in @($command | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-Command', "`$ErrorActionPreference = 'Stop'; `$ProgressPreference = 'SilentlyContinue'; Import-Module '$NbdModulePath'; $Script")) {
         $start.ArgumentList.Add($a)

@@ -13,7 +13,7 @@ internal static class ErrorRecords
         ErrorIds.AddressInUse or ErrorIds.ServerStopped or ErrorIds.ServiceUnavailable => ErrorCategory.ResourceUnavailable,
         ErrorIds.DeviceBusy or ErrorIds.DeviceMounted or ErrorIds.ExportBusy => ErrorCategory.ResourceBusy,
         ErrorIds.PermissionDenied => ErrorCategory.PermissionDenied,
-        ErrorIds.KernelModuleMissing => ErrorCategory.NotInstalled,
+        ErrorIds.KernelModuleMissing or ErrorIds.FuseUnavailable or ErrorIds.LoopUnavailable => ErrorCategory.NotInstalled,
         ErrorIds.PlatformNotSupported => ErrorCategory.NotImplemented,
         ErrorIds.HandshakeFailed => ErrorCategory.ProtocolError,
         ErrorIds.ConnectionFailed => ErrorCategory.ConnectionError,
@@ -21,7 +21,7 @@ internal static class ErrorRecords
         ErrorIds.TlsRequired or ErrorIds.TlsNotSupported or ErrorIds.TlsHandshakeFailed or ErrorIds.CertificateInvalid => ErrorCategory.SecurityError,
         ErrorIds.MultiConnNotSupported or ErrorIds.InvalidArgument => ErrorCategory.InvalidArgument,
         ErrorIds.StorageError => ErrorCategory.OpenError,
-        ErrorIds.KernelError or ErrorIds.IOError => ErrorCategory.DeviceError,
+        ErrorIds.KernelError or ErrorIds.IOError or ErrorIds.FuseError => ErrorCategory.DeviceError,
         _ => ErrorCategory.NotSpecified,
     };
 
@@ -36,6 +36,9 @@ internal static class ErrorRecords
         ErrorIds.DeviceMounted => "Unmount the device (umount) first, or use -Force to disconnect anyway (pending writes fail).",
         ErrorIds.PermissionDenied => "Run PowerShell as root (sudo pwsh): attaching devices and the NbdPowerShell service need root; otherwise check the file permissions.",
         ErrorIds.KernelModuleMissing => "Load the kernel module as root: modprobe nbd (in a container: on the host, with --privileged).",
+        ErrorIds.FuseUnavailable => "Load the fuse module as root (modprobe fuse); in a container, pass the device and the capability: --device /dev/fuse --cap-add SYS_ADMIN. Or use -Driver Nbd where the nbd module exists.",
+        ErrorIds.LoopUnavailable => "Load the loop module as root (modprobe loop), free a loop device (losetup -a lists them) or, in a container, run it with --privileged. Or use -Driver Nbd where the nbd module exists.",
+        ErrorIds.FuseError => "Check the NbdPowerShell service's log (Get-NbdService shows LogPath) for the FUSE or loop step that failed; Get-NbdSession shows what is attached.",
         ErrorIds.PlatformNotSupported => "Attaching and listing NBD devices needs Linux; serving exports works everywhere.",
         ErrorIds.HandshakeFailed => "Check that the address is an NBD server speaking fixed-newstyle negotiation and that it allows this client.",
         ErrorIds.ExportNameUnknown => "Run Find-NbdExport to list the server's exports and pass one of them as -ExportName.",
