@@ -51,24 +51,16 @@ public static class DeviceDriverChoice
         return FuseDeviceKind.KindName;
     }
 
-    private static Exception? ProbeNbd()
-    {
-        try
-        {
-            KernelPreconditions.EnsureModuleLoaded();
-            return null;
-        }
-        catch (NbdKernelException e)
-        {
-            return e;
-        }
-    }
+    private static Exception? ProbeNbd() => Probe(() => KernelPreconditions.EnsureModuleLoaded());
 
-    private static Exception? ProbeFuse()
+    private static Exception? ProbeFuse() => Probe(FuseAttacher.EnsureAvailable);
+
+    /// <summary>The reason a precondition check gives, or null when it passes.</summary>
+    private static Exception? Probe(Action check)
     {
         try
         {
-            FuseAttacher.EnsureAvailable();
+            check();
             return null;
         }
         catch (NbdKernelException e)
