@@ -76,6 +76,8 @@ Describe 'FUSE devices (Connect-NbdDevice -Driver Fuse)' -Skip:(-not $CanRun) {
             Stop-Process -Id $servicePid -Force -ErrorAction Ignore
             $null = Wait-ProcessGone $servicePid
         }
+        # A service a failed test left behind (found by our private directory in its command line).
+        Stop-TestServiceProcess $root
         foreach ($p in $peers) {
             if (-not $p.HasExited) { $p.Kill($true); $p.WaitForExit(10000) }
             $p.Dispose()
