@@ -97,6 +97,7 @@ public sealed class NbdRemoteExport
 public sealed record NbdSession
 {
     public string Device { get; init; } = "";
+    /// <summary>N of /dev/nbdN, or of /dev/loopN for Fuse devices.</summary>
     public int Index { get; init; }
     public string? ComputerName { get; init; }
     public int? Port { get; init; }
@@ -117,8 +118,10 @@ public sealed record NbdSession
     public int? Timeout { get; init; }
     public string[] MountPoints { get; init; } = [];
     public string? BackendIdentifier { get; init; }
-    /// <summary>Nbd: the kernel's nbd driver.</summary>
+    /// <summary>Nbd: the kernel's nbd driver (/dev/nbdN). Fuse: a loop device (/dev/loopN) bound to a FUSE file the NbdPowerShell service serves.</summary>
     public string Driver { get; init; } = "Nbd";
+    /// <summary>Fuse devices: the file in the service's FUSE mount that the loop device reads and writes; null for nbd devices.</summary>
+    public string? BackingFile { get; init; }
     /// <summary>
     /// Who owns the device: Process (this pwsh serves its export over a socket pair or runs its ioctl thread),
     /// Service (the NbdPowerShell service relays or serves it), or null when no NbdPowerShell process does (the
@@ -144,7 +147,7 @@ public sealed record NbdSession
     public string? ActiveUri { get; init; }
     /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
     public string? Mode { get; init; }
-    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay.</summary>
+    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay; for Fuse devices Reads, Writes, Flushes, Zeroes, BytesRead, BytesWritten, Errors, InFlight, PeakInFlight, Reconnects and Connections.</summary>
     public IReadOnlyDictionary<string, long> Counters { get; init; } = new Dictionary<string, long>();
     /// <summary>What happened to the device, oldest first, as its owner recorded it.</summary>
     public NbdSessionEvent[] History { get; init; } = [];
@@ -257,6 +260,8 @@ public sealed record NbdService
     public bool IsSystemdRunning { get; init; }
     /// <summary>Configuration entries the service skipped and exports or devices that could not come back.</summary>
     public string[] Problems { get; init; } = [];
+    /// <summary>What the service cleaned up when it started: FUSE mounts and loop devices an earlier service left when it crashed.</summary>
+    public string[] CleanedUp { get; init; } = [];
     /// <summary>From Start-NbdService, Stop-NbdService, Install-NbdService and Uninstall-NbdService: whether the command changed something.</summary>
     public bool Changed { get; init; }
 

@@ -108,6 +108,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Stop-NbdExport", "Scope", "Name", "String", false, -1, false, true, "" },
         { "Connect-NbdDevice", "Persistent", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Connect-NbdDevice", "NewDevice", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "Driver", "__AllParameterSets", "DeviceDriver", false, -1, false, false, "" },
         { "Stop-NbdService", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
         { "Stop-NbdService", "PassThru", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Install-NbdService", "Path", "__AllParameterSets", "String", false, -1, false, false, "" },
@@ -212,8 +213,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         {
             ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "Listeners", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint", "Scope", "IsPersistent", "Changed"],
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
-            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "Changed"],
-            ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "Changed"],
+            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "Changed", "Driver", "BackingFile", "Counters"],
+            ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "CleanedUp", "Changed"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
             ["NbdCopyResult"] = ["Source", "Destination", "Size", "BytesRead", "BytesWritten", "BytesSkipped", "Duration", "BytesPerSecond", "IsVerified"],
             ["NbdDiskHash"] = ["Algorithm", "Hash", "Source", "Size", "BytesRead", "BytesSkipped", "Duration"],

@@ -23,6 +23,12 @@ public static class ErrorIds
     public const string DeviceMounted = "NbdDeviceMounted";
     public const string PermissionDenied = "NbdPermissionDenied";
     public const string KernelModuleMissing = "NbdKernelModuleMissing";
+    /// <summary>-Driver Fuse (or Auto without the nbd driver) and no /dev/fuse.</summary>
+    public const string FuseUnavailable = "NbdFuseUnavailable";
+    /// <summary>-Driver Fuse and no loop driver or no free loop device.</summary>
+    public const string LoopUnavailable = "NbdLoopUnavailable";
+    /// <summary>Mounting, serving or unmounting the FUSE file, or binding its loop device, failed.</summary>
+    public const string FuseError = "NbdFuseError";
     public const string PlatformNotSupported = "NbdPlatformNotSupported";
     public const string HandshakeFailed = "NbdHandshakeFailed";
     public const string ExportNameUnknown = "NbdExportNameUnknown";
@@ -50,7 +56,7 @@ public static class ErrorIds
     public static IReadOnlyList<string> All { get; } =
     [
         ExportNotFound, ExportAlreadyExists, ExportBusy, AddressInUse, DeviceNotFound, DeviceBusy, DeviceMounted,
-        PermissionDenied, KernelModuleMissing, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
+        PermissionDenied, KernelModuleMissing, FuseUnavailable, LoopUnavailable, FuseError, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
         ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported,
         PathNotFound, StorageError, KernelError, InvalidArgument, ServerStopped, ServiceUnavailable, IOError, UnexpectedError,
         DestinationExists, DestinationReadOnly, DestinationTooSmall, DiskReadFailed, DiskWriteFailed,
