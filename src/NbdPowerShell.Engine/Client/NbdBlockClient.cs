@@ -138,7 +138,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// Connection and negotiation failures throw the <see cref="NbdClient.ConnectAsync(NbdUri, NbdClientOptions?, CancellationToken)"/> exceptions.
     /// </summary>
     public static Task<NbdBlockClient> ConnectAsync(NbdUri uri, NbdBlockClientOptions? options = null, CancellationToken ct = default) =>
-        OpenAsync((clientOptions, token) => NbdClient.ConnectAsync(uri, clientOptions, token), options, ct);
+        OpenAsync((clientOptions, token) => NbdClient.ConnectBlockingAsync(uri, clientOptions, token), options, ct);
 
     /// <summary>
     /// Opens the pool over connections that <paramref name="connect"/> makes and negotiates with the options it is

@@ -76,8 +76,10 @@ internal sealed class PipelinedConnection : IDisposable
         NbdTransport transport;
         try
         {
-            // Negotiation ran asynchronously, which leaves the descriptor non-blocking; the reader thread and the
-            // senders want plain blocking calls (see Libc.SetBlocking).
+            // The reader thread and the senders make plain blocking calls. A socket negotiated asynchronously was left
+            // non-blocking (see Libc.SetBlocking); it also stays registered with the runtime's socket engine, which costs
+            // an epoll wake-up and a thread-pool work item per reply: NbdBlockClient.ConnectAsync negotiates with
+            // blocking calls (NbdClient.ConnectBlockingAsync), so its sockets never are.
             if (!Libc.SetBlocking(socket))
                 throw new IOException($"Cannot make the socket to {negotiated.Uri} blocking: {Libc.StrError(Libc.LastErrno)}");
             var plain = new SocketTransport(socket);
