@@ -26,15 +26,22 @@ public class NbdBlockClientTests
         return data;
     }
 
+    /// <summary>A private directory with a 4 MiB zeroed image file in it (the caller deletes the directory).</summary>
+    private static (string Dir, string Image) TempImage(string prefix)
+    {
+        string dir = Directory.CreateTempSubdirectory(prefix).FullName;
+        string image = Path.Combine(dir, "disk.img");
+        using (var f = File.Create(image)) f.SetLength(4 << 20);
+        return (dir, image);
+    }
+
     /// <summary>nbdkit restarts on the same socket: with Reconnect the next requests open a new connection and carry on; without, they fail.</summary>
     [Fact]
     public async Task Reconnects_after_the_server_restarts_only_when_asked()
     {
-        string dir = Directory.CreateTempSubdirectory("nbdps-reconnect-").FullName;
+        var (dir, image) = TempImage("nbdps-reconnect-");
         try
         {
-            string image = Path.Combine(dir, "disk.img");
-            using (var f = File.Create(image)) f.SetLength(4 << 20);
             string sock = Path.Combine(dir, "nbd.sock");
             var data = Pattern(0, 1 << 20);
             var first = PeerServer.NbdkitUnixAt(sock, "file", image);
@@ -69,11 +76,9 @@ public class NbdBlockClientTests
     [Fact]
     public async Task Requests_in_flight_when_the_connection_breaks_are_sent_again_with_reconnect()
     {
-        string dir = Directory.CreateTempSubdirectory("nbdps-resend-").FullName;
+        var (dir, image) = TempImage("nbdps-resend-");
         try
         {
-            string image = Path.Combine(dir, "disk.img");
-            using (var f = File.Create(image)) f.SetLength(4 << 20);
             var before = Pattern(0, 1 << 20);
             var written = Pattern(7, 1 << 20);
             using (var f = File.OpenWrite(image)) f.Write(before);
