@@ -60,6 +60,8 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     private readonly Func<NbdClientOptions, CancellationToken, Task<NbdNegotiatedConnection>> _connect;
     private readonly NbdClientOptions _clientOptions;
     private readonly NbdBlockClientOptions _options;
+    /// <summary>Given to every connection when reconnecting is on: takes the requests a connection's end caught.</summary>
+    private readonly Action<PipelinedConnection, RequestSlot, Exception>? _resend;
     /// <summary>One reconnect at a time, so requests failing together on one connection open one replacement.</summary>
     private readonly SemaphoreSlim _reconnectGate = new(1, 1);
     private long _reconnects;
@@ -67,9 +69,11 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     private int _next;
 
     private NbdBlockClient(PipelinedConnection[] connections, bool isTls,
-        Func<NbdClientOptions, CancellationToken, Task<NbdNegotiatedConnection>> connect, NbdClientOptions clientOptions, NbdBlockClientOptions options)
+        Func<NbdClientOptions, CancellationToken, Task<NbdNegotiatedConnection>> connect, NbdClientOptions clientOptions, NbdBlockClientOptions options,
+        Action<PipelinedConnection, RequestSlot, Exception>? resend)
     {
         _connections = connections;
+        _resend = resend;
         _connect = connect;
         _clientOptions = clientOptions;
         _options = options;
@@ -138,7 +142,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// Connection and negotiation failures throw the <see cref="NbdClient.ConnectAsync(NbdUri, NbdClientOptions?, CancellationToken)"/> exceptions.
     /// </summary>
     public static Task<NbdBlockClient> ConnectAsync(NbdUri uri, NbdBlockClientOptions? options = null, CancellationToken ct = default) =>
-        OpenAsync((clientOptions, token) => NbdClient.ConnectAsync(uri, clientOptions, token), options, ct);
+        OpenAsync((clientOptions, token) => NbdClient.ConnectBlockingAsync(uri, clientOptions, token), options, ct);
 
     /// <summary>
     /// Opens the pool over connections that <paramref name="connect"/> makes and negotiates with the options it is
@@ -158,12 +162,17 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
             MetaContexts = options.BlockStatus ? [NbdMetaContext.BaseAllocation] : [],
         };
 
+        // The connections start before the client exists; a request their end catches meanwhile just fails.
+        NbdBlockClient? client = null;
+        Action<PipelinedConnection, RequestSlot, Exception>? resend = options.Reconnect
+            ? (broken, slot, failure) => { if (Volatile.Read(ref client) is { } c) c.Resend(broken, slot, failure); else slot.CompleteResent(failure); }
+            : null;
         var first = await connect(clientOptions, ct).ConfigureAwait(false);
         bool isTls = first.IsTls;
         var opened = new List<PipelinedConnection>();
         try
         {
-            opened.Add(PipelinedConnection.Start(first, options.MaxInFlightPerConnection, options.InlineCompletions));
+            opened.Add(PipelinedConnection.Start(first, options.MaxInFlightPerConnection, options.InlineCompletions, resend));
         }
         catch
         {
@@ -193,11 +202,12 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
                     extra.Dispose();
                     continue;
                 }
-                try { opened.Add(PipelinedConnection.Start(extra, options.MaxInFlightPerConnection, options.InlineCompletions)); }
+                try { opened.Add(PipelinedConnection.Start(extra, options.MaxInFlightPerConnection, options.InlineCompletions, resend)); }
                 catch (IOException) { extra.Dispose(); }
             }
         }
-        return new NbdBlockClient(opened.ToArray(), isTls, connect, clientOptions, options);
+        Volatile.Write(ref client, new NbdBlockClient(opened.ToArray(), isTls, connect, clientOptions, options, resend));
+        return client;
     }
 
     /// <summary>Reads <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>. Holes read as zeroes.</summary>
@@ -296,34 +306,64 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
 
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
-    /// <summary>Sends one request on the least loaded connection; with reconnecting on, a request its broken connection failed goes once more to a fresh one.</summary>
+    /// <summary>
+    /// Sends one request on the least loaded connection. With reconnecting on, a request in flight when its
+    /// connection breaks is handed back by the connection (<see cref="Resend"/>) and its caller keeps awaiting the
+    /// same slot, so the common path costs nothing extra; only a request that finds its connection dead already
+    /// takes the slower path here.
+    /// </summary>
     private ValueTask Send(NbdCommand command, NbdCommandFlags flags, long offset, uint length,
         ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
     {
         var connection = Pick();
         var task = connection.Submit(command, flags, offset, length, payload, readInto, extents, ct);
-        if (!_options.Reconnect || task.IsCompletedSuccessfully)
+        if (!_options.Reconnect || !task.IsFaulted)
             return task;
-        return RetryOnFreshConnectionAsync(task, connection, command, flags, offset, length, payload, readInto, extents, ct);
+        return SendOnFreshConnectionAsync(task, connection, command, flags, offset, length, payload, readInto, extents, ct);
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask RetryOnFreshConnectionAsync(ValueTask sent, PipelinedConnection connection, NbdCommand command, NbdCommandFlags flags,
+    private async ValueTask SendOnFreshConnectionAsync(ValueTask failed, PipelinedConnection connection, NbdCommand command, NbdCommandFlags flags,
         long offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
     {
         try
         {
-            await sent.ConfigureAwait(false);
+            await failed.ConfigureAwait(false);
             return;
         }
-        catch (Exception e) when (connection.Failure is not null && Volatile.Read(ref _disposed) == 0
-            && e is NbdConnectionException or NbdProtocolException or IOException)
-        {
-            // The connection is gone, not the request refused: the reader has let go of the buffers, so they can be sent again.
-        }
+        catch (Exception e) when (IsResendable(e, connection)) { }
         var fresh = await ReplaceAsync(connection, ct).ConfigureAwait(false);
-        extents?.Clear();
-        await fresh.Submit(command, flags, offset, length, payload, readInto, extents, ct).ConfigureAwait(false);
+        await fresh.Submit(command, flags, offset, length, payload, readInto, extents, ct, resendable: false).ConfigureAwait(false);
+    }
+
+    /// <summary>The connection is gone and the client open: the server never refused the request, so it may be sent again.</summary>
+    private bool IsResendable(Exception e, PipelinedConnection connection) =>
+        connection.Failure is not null && Volatile.Read(ref _disposed) == 0 && e is NbdConnectionException or NbdProtocolException or IOException;
+
+    /// <summary>
+    /// Takes a request that <paramref name="broken"/> caught in flight (see <see cref="PipelinedConnection.Start"/>)
+    /// and sends it once more on a fresh connection, off the calling thread: that is the broken connection's reader
+    /// or a sender, and opening a connection blocks.
+    /// </summary>
+    private void Resend(PipelinedConnection broken, RequestSlot slot, Exception failure)
+    {
+        if (!IsResendable(failure, broken))
+        {
+            slot.CompleteResent(failure);
+            return;
+        }
+        _ = Task.Run(async () =>
+        {
+            Exception? outcome = null;
+            try
+            {
+                var fresh = await ReplaceAsync(broken, slot.CancellationToken).ConfigureAwait(false);
+                slot.Extents?.Clear();
+                await fresh.Submit(slot.Command, slot.Flags, slot.Offset, slot.Length, slot.Payload, slot.Buffer, slot.Extents,
+                    slot.CancellationToken, resendable: false).ConfigureAwait(false);
+            }
+            catch (Exception e) { outcome = e; }
+            slot.CompleteResent(outcome);
+        });
     }
 
     /// <summary>Puts a fresh connection to the same export in the place of <paramref name="broken"/> (unless another request already did).</summary>
@@ -343,7 +383,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
                 ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
                 throw new NbdConnectionException($"{Uri} changed after reconnecting: size {negotiated.Size} (was {Size}), flags {negotiated.Flags} (was {Flags}); the disk is no longer the same export.");
             }
-            var fresh = PipelinedConnection.Start(negotiated, _options.MaxInFlightPerConnection, _options.InlineCompletions);
+            var fresh = PipelinedConnection.Start(negotiated, _options.MaxInFlightPerConnection, _options.InlineCompletions, _resend);
             var next = (PipelinedConnection[])current.Clone();
             next[index] = fresh;
             Volatile.Write(ref _connections, next);

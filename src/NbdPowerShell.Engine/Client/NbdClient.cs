@@ -23,6 +23,29 @@ public static class NbdClient
             catch { socket.Dispose(); throw; }
         });
 
+    /// <summary>
+    /// <see cref="ConnectAsync(NbdUri, NbdClientOptions?, CancellationToken)"/> for a connection whose socket is then
+    /// read and written only with blocking calls on dedicated threads (<see cref="PipelinedConnection"/>): connect and
+    /// negotiation make blocking calls too (on the caller's thread), so the runtime's socket engine never registers
+    /// the socket (see <see cref="BlockingSocketStream"/> for why that matters). Timeout and cancellation shut the
+    /// socket down, which ends a call that waits.
+    /// </summary>
+    internal static Task<NbdNegotiatedConnection> ConnectBlockingAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken ct = default) =>
+        WithTimeoutAsync(uri, options, ct, async token =>
+        {
+            var socket = await OpenSocketAsync(uri, token, blocking: true).ConfigureAwait(false);
+            try
+            {
+                using var shutdown = token.UnsafeRegister(static s =>
+                {
+                    try { ((Socket)s!).Shutdown(SocketShutdown.Both); }
+                    catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+                }, socket);
+                return await NegotiateCoreAsync(socket, uri, options ?? NbdClientOptions.Default, token, blocking: true).ConfigureAwait(false);
+            }
+            catch { socket.Dispose(); throw; }
+        });
+
     public static Task<NbdNegotiatedConnection> ConnectAsync(string host, int port, string exportName, NbdClientOptions? options = null, CancellationToken ct = default) =>
         ConnectAsync(NbdUri.ForTcp(host, port, exportName), options, ct);
 
@@ -90,9 +113,9 @@ public static class NbdClient
             return connection.Export;
         });
 
-    private static async Task<NbdNegotiatedConnection> NegotiateCoreAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct)
+    private static async Task<NbdNegotiatedConnection> NegotiateCoreAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct, bool blocking = false)
     {
-        var (stream, negotiator, effective) = await StartAsync(socket, uri, options, ct).ConfigureAwait(false);
+        var (stream, negotiator, effective) = await StartAsync(socket, uri, options, ct, blocking).ConfigureAwait(false);
         try
         {
             NbdExportInfo? info = null;
@@ -123,9 +146,9 @@ public static class NbdClient
     /// Greeting, then STARTTLS and the TLS handshake when the URI (nbds://) or the options ask for TLS.
     /// Returns the stream to continue on and the URI as used (nbds:// when TLS is on).
     /// </summary>
-    private static async Task<(Stream Stream, NbdNegotiator Negotiator, NbdUri Uri)> StartAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct)
+    private static async Task<(Stream Stream, NbdNegotiator Negotiator, NbdUri Uri)> StartAsync(Socket socket, NbdUri uri, NbdClientOptions options, CancellationToken ct, bool blocking = false)
     {
-        Stream stream = new NetworkStream(socket, ownsSocket: false);
+        Stream stream = blocking ? new BlockingSocketStream(socket) : new NetworkStream(socket, ownsSocket: false);
         try
         {
             var negotiator = await NbdNegotiator.StartAsync(stream, Describe(uri), ct).ConfigureAwait(false);
@@ -141,15 +164,20 @@ public static class NbdClient
         }
     }
 
-    /// <summary>Opens a TCP (every resolved address in turn) or Unix stream socket; maps failures to typed exceptions.</summary>
-    internal static async Task<Socket> OpenSocketAsync(NbdUri uri, CancellationToken ct)
+    /// <summary>
+    /// Opens a TCP (every resolved address in turn) or Unix stream socket; maps failures to typed exceptions. With
+    /// <paramref name="blocking"/> the connect makes no asynchronous socket call (see <see cref="ConnectBlocking"/>).
+    /// </summary>
+    internal static async Task<Socket> OpenSocketAsync(NbdUri uri, CancellationToken ct, bool blocking = false)
     {
         if (uri.IsUnix)
         {
             var unix = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {
-                await unix.ConnectAsync(new UnixDomainSocketEndPoint(uri.SocketPath!), ct).ConfigureAwait(false);
+                var endPoint = new UnixDomainSocketEndPoint(uri.SocketPath!);
+                if (blocking) unix.Connect(endPoint); // a Unix connect completes at once (the listener's backlog takes it)
+                else await unix.ConnectAsync(endPoint, ct).ConfigureAwait(false);
                 return unix;
             }
             catch (SocketException e)
@@ -176,7 +204,9 @@ public static class NbdClient
             var socket = new Socket(address.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             try
             {
-                await socket.ConnectAsync(new IPEndPoint(address, uri.Port), ct).ConfigureAwait(false);
+                var endPoint = new IPEndPoint(address, uri.Port);
+                if (blocking) ConnectBlocking(socket, endPoint, ct);
+                else await socket.ConnectAsync(endPoint, ct).ConfigureAwait(false);
                 return socket;
             }
             catch (SocketException e) { socket.Dispose(); last = e; }
@@ -186,6 +216,26 @@ public static class NbdClient
         if (last!.SocketErrorCode == SocketError.ConnectionRefused)
             throw new NbdConnectionRefusedException($"Connection refused by {where}: no NBD server is listening there.", last);
         throw new NbdConnectionException($"Cannot connect to {where}: {last.Message}", last);
+    }
+
+    /// <summary>
+    /// A TCP connect that honours <paramref name="ct"/> without the runtime's socket engine: started non-blocking,
+    /// then poll(2) for writability in short slices, so the timeout and cancellation are seen within 100 ms; the
+    /// socket is blocking again afterwards.
+    /// </summary>
+    private static void ConnectBlocking(Socket socket, EndPoint endPoint, CancellationToken ct)
+    {
+        socket.Blocking = false;
+        try { socket.Connect(endPoint); }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+        {
+            while (!socket.Poll(100_000, SelectMode.SelectWrite) && !socket.Poll(0, SelectMode.SelectError))
+                ct.ThrowIfCancellationRequested();
+            var error = (SocketError)(int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!;
+            if (error != SocketError.Success)
+                throw new SocketException((int)error);
+        }
+        socket.Blocking = true;
     }
 
     private static async Task<T> WithTimeoutAsync<T>(NbdUri uri, NbdClientOptions? options, CancellationToken ct, Func<CancellationToken, Task<T>> body)

@@ -30,13 +30,16 @@ internal sealed class PipelinedConnection : IDisposable
     private readonly byte[] _scratch = new byte[4096];
     private readonly Thread _readerThread;
     private readonly uint? _allocationContext;
+    private readonly Action<PipelinedConnection, RequestSlot, Exception>? _resend;
     private Exception? _failure;
     private int _inFlight;
     private int _disposed;
 
-    private PipelinedConnection(NbdTransport transport, NbdNegotiatedConnection negotiated, int maxInFlight, bool inlineCompletions)
+    private PipelinedConnection(NbdTransport transport, NbdNegotiatedConnection negotiated, int maxInFlight, bool inlineCompletions,
+        Action<PipelinedConnection, RequestSlot, Exception>? resend)
     {
         _transport = transport;
+        _resend = resend;
         _reader = new BufferedReader(transport);
         Uri = negotiated.Uri;
         Export = negotiated.Export;
@@ -68,16 +71,21 @@ internal sealed class PipelinedConnection : IDisposable
 
     /// <summary>
     /// Takes over a negotiated connection's socket (it is detached from <paramref name="negotiated"/>) and starts
-    /// the reader thread.
+    /// the reader thread. With <paramref name="resend"/>, a request that the connection's end fails (not one the
+    /// server refused) is not completed but handed to it, to be sent again elsewhere and completed through
+    /// <see cref="RequestSlot.CompleteResent"/>; its caller keeps awaiting the same slot.
     /// </summary>
-    public static PipelinedConnection Start(NbdNegotiatedConnection negotiated, int maxInFlight, bool inlineCompletions)
+    public static PipelinedConnection Start(NbdNegotiatedConnection negotiated, int maxInFlight, bool inlineCompletions,
+        Action<PipelinedConnection, RequestSlot, Exception>? resend = null)
     {
         var (socket, stream) = negotiated.DetachTransport();
         NbdTransport transport;
         try
         {
-            // Negotiation ran asynchronously, which leaves the descriptor non-blocking; the reader thread and the
-            // senders want plain blocking calls (see Libc.SetBlocking).
+            // The reader thread and the senders make plain blocking calls. A socket negotiated asynchronously was left
+            // non-blocking (see Libc.SetBlocking); it also stays registered with the runtime's socket engine, which costs
+            // an epoll wake-up and a thread-pool work item per reply: NbdBlockClient.ConnectAsync negotiates with
+            // blocking calls (NbdClient.ConnectBlockingAsync), so its sockets never are.
             if (!Libc.SetBlocking(socket))
                 throw new IOException($"Cannot make the socket to {negotiated.Uri} blocking: {Libc.StrError(Libc.LastErrno)}");
             var plain = new SocketTransport(socket);
@@ -95,7 +103,7 @@ internal sealed class PipelinedConnection : IDisposable
             socket.Dispose();
             throw;
         }
-        var connection = new PipelinedConnection(transport, negotiated, maxInFlight, inlineCompletions);
+        var connection = new PipelinedConnection(transport, negotiated, maxInFlight, inlineCompletions, resend);
         connection._readerThread.Start();
         return connection;
     }
@@ -104,31 +112,33 @@ internal sealed class PipelinedConnection : IDisposable
     /// Sends one request and returns an awaitable for its reply; await it exactly once. The request holds the
     /// caller's <paramref name="readInto"/> or <paramref name="payload"/> until it completes. Cancellation is
     /// honoured while waiting for a free slot; a request already sent runs to its reply or to the connection's end.
+    /// A connection found dead already fails the call at once (never handed over); <paramref name="resendable"/>
+    /// false also keeps a request that the connection's end fails from being handed over (see <see cref="Start"/>).
     /// </summary>
     public ValueTask Submit(NbdCommand command, NbdCommandFlags flags, long offset, uint length,
-        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
+        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct, bool resendable = true)
     {
         if (Volatile.Read(ref _failure) is { } failed)
             return ValueTask.FromException(failed);
         if (!_slotGate.Wait(0))
-            return SubmitAfterWaitAsync(command, flags, offset, length, payload, readInto, extents, ct);
-        return SubmitWithSlot(command, flags, offset, length, payload, readInto, extents);
+            return SubmitAfterWaitAsync(command, flags, offset, length, payload, readInto, extents, ct, resendable);
+        return SubmitWithSlot(command, flags, offset, length, payload, readInto, extents, ct, resendable);
     }
 
     private async ValueTask SubmitAfterWaitAsync(NbdCommand command, NbdCommandFlags flags, long offset, uint length,
-        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
+        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct, bool resendable)
     {
         await _slotGate.WaitAsync(ct).ConfigureAwait(false);
-        await SubmitWithSlot(command, flags, offset, length, payload, readInto, extents).ConfigureAwait(false);
+        await SubmitWithSlot(command, flags, offset, length, payload, readInto, extents, ct, resendable).ConfigureAwait(false);
     }
 
     private ValueTask SubmitWithSlot(NbdCommand command, NbdCommandFlags flags, long offset, uint length,
-        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents)
+        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct, bool resendable)
     {
         RequestSlot slot;
         lock (_freeLock)
             slot = _slots[_freeSlots[--_freeCount]];
-        slot.Prepare(command, offset, length, readInto, extents);
+        slot.Prepare(command, flags, offset, length, payload, readInto, extents, resendable && _resend is not null, ct);
         Interlocked.Increment(ref _inFlight);
         // Publish the request before checking for failure; the reader publishes the failure before failing every
         // request in flight. One of the two sees the other, so no request is left waiting on a dead connection.
@@ -136,7 +146,7 @@ internal sealed class PipelinedConnection : IDisposable
         var task = slot.AsValueTask();
         if (Volatile.Read(ref _failure) is { } failed)
         {
-            slot.TryComplete(failed);
+            FailOrHandOver(slot, failed);
             return task;
         }
         try
@@ -376,8 +386,17 @@ internal sealed class PipelinedConnection : IDisposable
         foreach (var slot in _slots)
         {
             if (Volatile.Read(ref slot.State) == RequestSlot.InFlight)
-                slot.TryComplete(failure);
+                FailOrHandOver(slot, failure);
         }
+    }
+
+    /// <summary>A request the connection's end caught: handed over to be sent again (see <see cref="Start"/>), or failed.</summary>
+    private void FailOrHandOver(RequestSlot slot, Exception failure)
+    {
+        if (_resend is not null && slot.TryHandOver())
+            _resend(this, slot, failure);
+        else
+            slot.TryComplete(failure);
     }
 
     /// <summary>

@@ -15,6 +15,8 @@ internal sealed class RequestSlot : IValueTaskSource
     public const int Free = 0;
     public const int InFlight = 1;
     public const int Completed = 2;
+    /// <summary>The connection broke under the request; the client is sending it again on a fresh one (<see cref="TryHandOver"/>).</summary>
+    public const int Resending = 3;
 
     private readonly PipelinedConnection _owner;
     private ManualResetValueTaskSourceCore<bool> _core;
@@ -36,10 +38,16 @@ internal sealed class RequestSlot : IValueTaskSource
     public ulong Cookie => ((ulong)Generation << 32) | (uint)Index;
 
     public NbdCommand Command { get; private set; }
+    public NbdCommandFlags Flags { get; private set; }
     public long Offset { get; private set; }
     public uint Length { get; private set; }
     /// <summary>Where READ data goes.</summary>
     public Memory<byte> Buffer { get; private set; }
+    /// <summary>What a WRITE sends; kept so that the request can be sent again.</summary>
+    public ReadOnlyMemory<byte> Payload { get; private set; }
+    public CancellationToken CancellationToken { get; private set; }
+    /// <summary>False for a request that is itself a second attempt: it is sent again at most once.</summary>
+    public bool Resendable { get; private set; }
     /// <summary>Where BLOCK_STATUS extents go (appended).</summary>
     public List<Extent>? Extents { get; private set; }
 
@@ -51,15 +59,20 @@ internal sealed class RequestSlot : IValueTaskSource
     public NbdError Error;
     public string? ErrorMessage;
 
-    public void Prepare(NbdCommand command, long offset, uint length, Memory<byte> buffer, List<Extent>? extents)
+    public void Prepare(NbdCommand command, NbdCommandFlags flags, long offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> buffer,
+        List<Extent>? extents, bool resendable, CancellationToken ct)
     {
         _core.Reset();
         Generation++;
         Command = command;
+        Flags = flags;
         Offset = offset;
         Length = length;
+        Payload = payload;
         Buffer = buffer;
         Extents = extents;
+        Resendable = resendable;
+        CancellationToken = ct;
         Covered = 0;
         ExtentBytes = 0;
         Error = NbdError.None;
@@ -73,13 +86,38 @@ internal sealed class RequestSlot : IValueTaskSource
     {
         if (Interlocked.CompareExchange(ref State, Completed, InFlight) != InFlight)
             return false;
-        Buffer = default; // the caller owns the buffer again; never touch it after this point
+        Finish(failure);
+        return true;
+    }
+
+    /// <summary>
+    /// Takes the request off its broken connection without completing it, so that it can be sent again elsewhere;
+    /// the caller keeps awaiting this slot, which <see cref="CompleteResent"/> completes. False when it completed already.
+    /// </summary>
+    public bool TryHandOver()
+    {
+        if (!Resendable)
+            return false;
+        return Interlocked.CompareExchange(ref State, Resending, InFlight) == InFlight;
+    }
+
+    /// <summary>Completes a request that was handed over, with the outcome of its second attempt.</summary>
+    public void CompleteResent(Exception? failure)
+    {
+        if (Interlocked.CompareExchange(ref State, Completed, Resending) == Resending)
+            Finish(failure);
+    }
+
+    private void Finish(Exception? failure)
+    {
+        Buffer = default; // the caller owns the buffers again; never touch them after this point
+        Payload = default;
         Extents = null;
+        CancellationToken = default;
         if (failure is null)
             _core.SetResult(true);
         else
             _core.SetException(failure);
-        return true;
     }
 
     public void GetResult(short token)

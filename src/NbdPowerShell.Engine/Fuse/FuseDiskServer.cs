@@ -56,7 +56,11 @@ internal sealed class FuseDiskServer : IDisposable
     private readonly INbdBlockIo _io;
     private readonly FuseDiskServerOptions _options;
     private readonly ILogger _logger;
-    private readonly FuseBufferPool _buffers;
+    private readonly FuseRequestPool _requests;
+    private readonly Action<FuseRequest, Exception?> _readDone;
+    private readonly Action<FuseRequest, Exception?> _writeDone;
+    private readonly Action<FuseRequest, Exception?> _flushDone;
+    private readonly Action<FuseRequest, Exception?> _zeroDone;
     private readonly FuseDiskCounters _counters = new();
     private readonly CancellationTokenSource _stopping = new();
     private readonly TaskCompletionSource _initialized = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -79,7 +83,11 @@ internal sealed class FuseDiskServer : IDisposable
         _logger = logger;
         _canZero = io.Flags.HasFlag(TransmissionFlags.SendWriteZeroes);
         // A WRITE carries headers before max_write data bytes; the kernel refuses reads into anything smaller.
-        _buffers = new FuseBufferPool(options.MaxRequestBytes + 4096, options.MaxInFlight + options.Readers);
+        _requests = new FuseRequestPool(options.MaxRequestBytes + 4096, options.MaxInFlight + options.Readers);
+        _readDone = ReadDone;
+        _writeDone = WriteDone;
+        _flushDone = FlushDone;
+        _zeroDone = ZeroDone;
     }
 
     /// <summary>Completes when the kernel's INIT has been answered; faults when the kernel speaks a protocol we cannot.</summary>
@@ -112,16 +120,17 @@ internal sealed class FuseDiskServer : IDisposable
         var stop = _stopping.Token;
         try
         {
-            while (_buffers.TryRent(stop, out var buffer))
+            while (_requests.TryRent(stop, out var request))
             {
+                var buffer = request.Buffer;
                 int length = ReadRequest(buffer, stop);
                 if (length <= 0)
                 {
-                    _buffers.Return(buffer);
+                    _requests.Return(request);
                     return;
                 }
                 bool handedOff = false;
-                try { handedOff = Dispatch(buffer, length); }
+                try { handedOff = Dispatch(request, length); }
                 catch (Exception e) when (e is ArgumentException or InvalidOperationException)
                 {
                     // A request shorter than its opcode's arguments (MemoryMarshal.Read throws): answer, keep serving.
@@ -129,7 +138,7 @@ internal sealed class FuseDiskServer : IDisposable
                     ReplyError(buffer, MemoryMarshal.Read<FuseInHeader>(buffer).Unique, Libc.EINVAL);
                 }
                 if (!handedOff)
-                    _buffers.Return(buffer);
+                    _requests.Return(request);
             }
         }
         catch (Exception e)
@@ -187,9 +196,10 @@ internal sealed class FuseDiskServer : IDisposable
         }
     }
 
-    /// <summary>Answers a request. True when an asynchronous operation took the buffer (it returns it when done).</summary>
-    private bool Dispatch(byte[] buffer, int length)
+    /// <summary>Answers a request. True when an asynchronous operation took the request (it returns it when done).</summary>
+    private bool Dispatch(FuseRequest request, int length)
     {
+        var buffer = request.Buffer;
         if (length < InHeaderSize) return false;
         var header = MemoryMarshal.Read<FuseInHeader>(buffer);
         var args = buffer.AsSpan(InHeaderSize, Math.Min(length, (int)header.Length) - InHeaderSize);
@@ -213,10 +223,10 @@ internal sealed class FuseDiskServer : IDisposable
             case FuseOpcode.Access: ReplyEmpty(buffer, header.Unique); return false;
             case FuseOpcode.Forget: case FuseOpcode.BatchForget: case FuseOpcode.Interrupt: return false; // no reply
             case FuseOpcode.Destroy: ReplyEmpty(buffer, header.Unique); return false;
-            case FuseOpcode.Read: return Read(buffer, header, args);
-            case FuseOpcode.Write: return Write(buffer, header, args);
-            case FuseOpcode.Fsync: case FuseOpcode.Flush: case FuseOpcode.SyncFs: return Flush(buffer, header);
-            case FuseOpcode.Fallocate: return Fallocate(buffer, header, args);
+            case FuseOpcode.Read: return Read(request, header, args);
+            case FuseOpcode.Write: return Write(request, header, args);
+            case FuseOpcode.Fsync: case FuseOpcode.Flush: case FuseOpcode.SyncFs: return Flush(request, header);
+            case FuseOpcode.Fallocate: return Fallocate(request, header, args);
             case FuseOpcode.MkNod: case FuseOpcode.MkDir: case FuseOpcode.Unlink: case FuseOpcode.RmDir: case FuseOpcode.Rename:
             case FuseOpcode.Rename2: case FuseOpcode.Link: case FuseOpcode.Symlink: case FuseOpcode.Create: case FuseOpcode.TmpFile:
                 ReplyError(buffer, header.Unique, _options.ReadOnly ? Libc.EROFS : Libc.EPERM);
@@ -407,8 +417,9 @@ internal sealed class FuseDiskServer : IDisposable
         Reply(buffer, unique, in reply);
     }
 
-    private bool Read(byte[] buffer, in FuseInHeader header, ReadOnlySpan<byte> args)
+    private bool Read(FuseRequest request, in FuseInHeader header, ReadOnlySpan<byte> args)
     {
+        var buffer = request.Buffer;
         var read = MemoryMarshal.Read<FuseReadIn>(args);
         long size = _io.Size;
         long offset = (long)Math.Min(read.Offset, (ulong)size);
@@ -418,30 +429,29 @@ internal sealed class FuseDiskServer : IDisposable
             Send(buffer, header.Unique, header.NodeId == DiskNode ? 0 : -Libc.EBADF, 0);
             return false;
         }
-        Begin();
-        _ = ReadAsync(buffer, header.Unique, offset, count);
-        return true;
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ReadAsync(byte[] buffer, ulong unique, long offset, int count)
-    {
         // Requests never exceed max_read (a mount option equal to the buffer's payload room); the guard keeps a
         // misbehaving kernel from overrunning the buffer.
         byte[] target = count <= buffer.Length - OutHeaderSize ? buffer : GC.AllocateUninitializedArray<byte>(OutHeaderSize + count, pinned: true);
+        Begin(request, header.Unique, offset, count, target);
+        request.ContinueWith(Start(static (io, r, ct) => io.ReadAsync(r.Offset, r.Target.AsMemory(OutHeaderSize, (int)r.Length), ct), request), _readDone);
+        return true;
+    }
+
+    private void ReadDone(FuseRequest request, Exception? failure)
+    {
+        int count = (int)request.Length;
         int error = 0;
-        try
+        if (failure is null)
         {
-            await _io.ReadAsync(offset, target.AsMemory(OutHeaderSize, count), _stopping.Token).ConfigureAwait(false);
             Interlocked.Increment(ref _counters.Reads);
             Interlocked.Add(ref _counters.BytesRead, count);
         }
-        catch (Exception e) { error = Failed(e, "READ", offset, count); }
-        Send(target, unique, error == 0 ? 0 : -error, error == 0 ? count : 0);
-        End(buffer);
+        else error = Failed(failure, "READ", request.Offset, count);
+        Send(request.Target, request.Unique, -error, error == 0 ? count : 0);
+        End(request);
     }
 
-    private bool Write(byte[] buffer, in FuseInHeader header, ReadOnlySpan<byte> args)
+    private bool Write(FuseRequest request, in FuseInHeader header, ReadOnlySpan<byte> args)
     {
         var write = MemoryMarshal.Read<FuseWriteIn>(args);
         long size = _io.Size;
@@ -449,56 +459,48 @@ internal sealed class FuseDiskServer : IDisposable
         if (error != 0)
         {
             Interlocked.Increment(ref _counters.Errors);
-            ReplyError(buffer, header.Unique, error);
+            ReplyError(request.Buffer, header.Unique, error);
             return false;
         }
         long offset = (long)write.Offset;
         int count = (int)Math.Min(write.Size, (ulong)(size - offset)); // a write past the end is cut short
-        Begin();
-        _ = WriteAsync(buffer, header.Unique, offset, count);
+        Begin(request, header.Unique, offset, count);
+        request.ContinueWith(Start(static (io, r, ct) => io.WriteAsync(r.Offset, r.Buffer.AsMemory(InHeaderSize + WriteInSize, (int)r.Length), ct), request), _writeDone);
         return true;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteAsync(byte[] buffer, ulong unique, long offset, int count)
+    private void WriteDone(FuseRequest request, Exception? failure)
     {
-        int error = 0;
-        try
+        int count = (int)request.Length;
+        if (failure is null)
         {
-            await _io.WriteAsync(offset, buffer.AsMemory(InHeaderSize + WriteInSize, count), _stopping.Token).ConfigureAwait(false);
             Interlocked.Increment(ref _counters.Writes);
             Interlocked.Add(ref _counters.BytesWritten, count);
+            Reply(request.Buffer, request.Unique, new FuseWriteOut { Size = (uint)count });
         }
-        catch (Exception e) { error = Failed(e, "WRITE", offset, count); }
-        if (error == 0) Reply(buffer, unique, new FuseWriteOut { Size = (uint)count });
-        else ReplyError(buffer, unique, error);
-        End(buffer);
+        else ReplyError(request.Buffer, request.Unique, Failed(failure, "WRITE", request.Offset, count));
+        End(request);
     }
 
-    private bool Flush(byte[] buffer, in FuseInHeader header)
+    private bool Flush(FuseRequest request, in FuseInHeader header)
     {
         if (_options.ReadOnly)
         {
-            ReplyEmpty(buffer, header.Unique);
+            ReplyEmpty(request.Buffer, header.Unique);
             return false;
         }
-        Begin();
-        _ = FlushAsync(buffer, header.Unique);
+        Begin(request, header.Unique, 0, 0);
+        request.ContinueWith(Start(static (io, _, ct) => io.FlushAsync(ct), request), _flushDone);
         return true;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask FlushAsync(byte[] buffer, ulong unique)
+    private void FlushDone(FuseRequest request, Exception? failure)
     {
         int error = 0;
-        try
-        {
-            await _io.FlushAsync(_stopping.Token).ConfigureAwait(false);
-            Interlocked.Increment(ref _counters.Flushes);
-        }
-        catch (Exception e) { error = Failed(e, "FLUSH", 0, 0); }
-        Send(buffer, unique, -error, 0);
-        End(buffer);
+        if (failure is null) Interlocked.Increment(ref _counters.Flushes);
+        else error = Failed(failure, "FLUSH", 0, 0);
+        Send(request.Buffer, request.Unique, -error, 0);
+        End(request);
     }
 
     /// <summary>
@@ -509,59 +511,63 @@ internal sealed class FuseDiskServer : IDisposable
     /// the server may free the space, with NO_HOLE for ZERO_RANGE. A server without WRITE_ZEROES gets EOPNOTSUPP,
     /// on which the loop driver turns its discard off and the block layer zeroes by writing.
     /// </summary>
-    private bool Fallocate(byte[] buffer, in FuseInHeader header, ReadOnlySpan<byte> args)
+    private bool Fallocate(FuseRequest request, in FuseInHeader header, ReadOnlySpan<byte> args)
     {
-        var request = MemoryMarshal.Read<FuseFallocateIn>(args);
-        var mode = request.Mode & ~FallocateMode.KeepSize;
+        var buffer = request.Buffer;
+        var fallocate = MemoryMarshal.Read<FuseFallocateIn>(args);
+        var mode = fallocate.Mode & ~FallocateMode.KeepSize;
         bool punch = mode == FallocateMode.PunchHole;
         bool zero = mode is FallocateMode.ZeroRange or FallocateMode.WriteZeroes;
         long size = _io.Size;
         int error = _options.ReadOnly ? Libc.EROFS
             : header.NodeId != DiskNode ? Libc.EBADF
             : !(punch || zero) || !_canZero ? Libc.EOPNOTSUPP
-            : !request.Mode.HasFlag(FallocateMode.KeepSize) && request.Offset + request.Length > (ulong)size ? Libc.EFBIG
+            : !fallocate.Mode.HasFlag(FallocateMode.KeepSize) && fallocate.Offset + fallocate.Length > (ulong)size ? Libc.EFBIG
             : 0;
         if (error != 0)
         {
             ReplyError(buffer, header.Unique, error);
             return false;
         }
-        long offset = (long)Math.Min(request.Offset, (ulong)size);
-        long length = (long)Math.Min(request.Length, (ulong)(size - offset));
+        long offset = (long)Math.Min(fallocate.Offset, (ulong)size);
+        long length = (long)Math.Min(fallocate.Length, (ulong)(size - offset));
         if (length == 0)
         {
             ReplyEmpty(buffer, header.Unique);
             return false;
         }
-        Begin();
-        _ = ZeroAsync(buffer, header.Unique, offset, length, punch);
+        Begin(request, header.Unique, offset, length, mayPunch: punch);
+        request.ContinueWith(Start(static (io, r, ct) => io.WriteZeroesAsync(r.Offset, r.Length, r.MayPunch, ct), request), _zeroDone);
         return true;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ZeroAsync(byte[] buffer, ulong unique, long offset, long length, bool mayPunch)
+    private void ZeroDone(FuseRequest request, Exception? failure)
     {
         int error = 0;
-        try
-        {
-            await _io.WriteZeroesAsync(offset, length, mayPunch, _stopping.Token).ConfigureAwait(false);
-            Interlocked.Increment(ref _counters.Zeroes);
-        }
-        catch (Exception e) { error = Failed(e, "WRITE_ZEROES", offset, length); }
-        Send(buffer, unique, -error, 0);
-        End(buffer);
+        if (failure is null) Interlocked.Increment(ref _counters.Zeroes);
+        else error = Failed(failure, "WRITE_ZEROES", request.Offset, request.Length);
+        Send(request.Buffer, request.Unique, -error, 0);
+        End(request);
     }
 
-    private void Begin()
+    private void Begin(FuseRequest request, ulong unique, long offset, long length, byte[]? target = null, bool mayPunch = false)
     {
+        request.Describe(unique, offset, length, target, mayPunch);
         Interlocked.Increment(ref _pending);
         _counters.Enter();
     }
 
-    private void End(byte[] buffer)
+    /// <summary>Starts the NBD operation; one that throws instead of returning a failed task is answered the same way.</summary>
+    private ValueTask Start(Func<INbdBlockIo, FuseRequest, CancellationToken, ValueTask> operation, FuseRequest request)
+    {
+        try { return operation(_io, request, _stopping.Token); }
+        catch (Exception e) { return ValueTask.FromException(e); }
+    }
+
+    private void End(FuseRequest request)
     {
         _counters.Leave();
-        _buffers.Return(buffer);
+        _requests.Return(request);
         Interlocked.Decrement(ref _pending);
     }
 

@@ -26,15 +26,22 @@ public class NbdBlockClientTests
         return data;
     }
 
+    /// <summary>A private directory with a 4 MiB zeroed image file in it (the caller deletes the directory).</summary>
+    private static (string Dir, string Image) TempImage(string prefix)
+    {
+        string dir = Directory.CreateTempSubdirectory(prefix).FullName;
+        string image = Path.Combine(dir, "disk.img");
+        using (var f = File.Create(image)) f.SetLength(4 << 20);
+        return (dir, image);
+    }
+
     /// <summary>nbdkit restarts on the same socket: with Reconnect the next requests open a new connection and carry on; without, they fail.</summary>
     [Fact]
     public async Task Reconnects_after_the_server_restarts_only_when_asked()
     {
-        string dir = Directory.CreateTempSubdirectory("nbdps-reconnect-").FullName;
+        var (dir, image) = TempImage("nbdps-reconnect-");
         try
         {
-            string image = Path.Combine(dir, "disk.img");
-            using (var f = File.Create(image)) f.SetLength(4 << 20);
             string sock = Path.Combine(dir, "nbd.sock");
             var data = Pattern(0, 1 << 20);
             var first = PeerServer.NbdkitUnixAt(sock, "file", image);
@@ -57,6 +64,44 @@ public class NbdBlockClientTests
                 await Assert.ThrowsAnyAsync<NbdClientException>(() => plain.ReadAsync(0, back).AsTask().WaitAsync(Limit));
                 Assert.Equal(0, plain.Reconnects);
             }
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    /// <summary>
+    /// The connection breaks while a read and a write wait at the server (nbdkit's delay filter holds them): with
+    /// Reconnect both are sent once more on a fresh connection and complete as if nothing happened. The socket
+    /// path is a symlink moved to a second nbdkit before the first dies, so the reconnect never races a restart.
+    /// </summary>
+    [Fact]
+    public async Task Requests_in_flight_when_the_connection_breaks_are_sent_again_with_reconnect()
+    {
+        var (dir, image) = TempImage("nbdps-resend-");
+        try
+        {
+            var before = Pattern(0, 1 << 20);
+            var written = Pattern(7, 1 << 20);
+            using (var f = File.OpenWrite(image)) f.Write(before);
+            string sock = Path.Combine(dir, "nbd.sock");
+            using var slow = PeerServer.NbdkitUnixAt(Path.Combine(dir, "slow.sock"), "--filter=delay", "file", image, "delay-read=30", "delay-write=30");
+            using var fast = PeerServer.NbdkitUnixAt(Path.Combine(dir, "fast.sock"), "file", image);
+            File.CreateSymbolicLink(sock, Path.Combine(dir, "slow.sock"));
+            await using var client = await NbdBlockClient.ConnectAsync(NbdUri.ForUnix(sock), new NbdBlockClientOptions { Reconnect = true, Connections = 1 });
+
+            var back = new byte[before.Length];
+            var read = client.ReadAsync(0, back).AsTask();
+            var write = client.WriteAsync(1 << 20, written).AsTask();
+            for (int i = 0; i < 600 && client.InFlight < 2; i++) await Task.Delay(50);
+            Assert.Equal(2, client.InFlight);
+            File.CreateSymbolicLink(Path.Combine(dir, "next.sock"), Path.Combine(dir, "fast.sock"));
+            File.Move(Path.Combine(dir, "next.sock"), sock, overwrite: true);
+            slow.Kill();
+
+            await Task.WhenAll(read, write).WaitAsync(Limit);
+            Assert.Equal(before, back);
+            Assert.Equal(1, client.Reconnects);
+            await client.FlushAsync().AsTask().WaitAsync(Limit);
+            Assert.Equal(written, File.ReadAllBytes(image).AsSpan(1 << 20, written.Length).ToArray());
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

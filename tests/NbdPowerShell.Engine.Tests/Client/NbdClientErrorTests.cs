@@ -47,6 +47,25 @@ public class NbdClientErrorTests
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => NbdClient.ConnectAsync("127.0.0.1", fake.Port, "x", ct: cts.Token));
     }
 
+    /// <summary>
+    /// The blocking connect (NbdBlockClient's, which keeps sockets out of the runtime's socket engine) waits in
+    /// blocking calls, which only a shutdown of the socket ends: the timeout, the caller's cancellation and a refusal
+    /// must still come out as from the asynchronous connect.
+    /// </summary>
+    [Fact]
+    public async Task Blocking_connect_times_out_cancels_and_is_refused_like_the_asynchronous_one()
+    {
+        using var fake = new FakeServer([]);
+        var uri = NbdUri.ForTcp("127.0.0.1", fake.Port, "x");
+        var timedOut = await Assert.ThrowsAsync<NbdTimeoutException>(() =>
+            NbdClient.ConnectBlockingAsync(uri, new NbdClientOptions { Timeout = TimeSpan.FromMilliseconds(500) }).WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Contains("0.5 s", timedOut.Message);
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => NbdClient.ConnectBlockingAsync(uri, ct: cts.Token).WaitAsync(TimeSpan.FromSeconds(30)));
+        await Assert.ThrowsAsync<NbdConnectionRefusedException>(() => NbdBlockClient.ConnectAsync(NbdUri.ForTcp("127.0.0.1", PeerServer.FreePort(), "x")));
+        await Assert.ThrowsAsync<NbdConnectionRefusedException>(() => NbdBlockClient.ConnectAsync(NbdUri.ForUnix("/nonexistent/nbd.sock")));
+    }
+
     [Fact]
     public async Task Bad_magic_is_a_protocol_error()
     {
