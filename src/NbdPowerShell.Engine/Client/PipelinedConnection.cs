@@ -257,7 +257,9 @@ internal sealed class PipelinedConnection : IDisposable
                 ReadErrorChunk(slot, type, length);
                 break;
         }
-        if (!flags.HasFlag(NbdReplyChunkFlags.Done))
+        // A mask test, not Enum.HasFlag: until tiered compilation optimises this method (late on a busy machine),
+        // HasFlag boxes the flags, an allocation on every reply chunk.
+        if ((flags & NbdReplyChunkFlags.Done) == 0)
             return;
         if (slot.Error != NbdError.None)
             slot.TryComplete(CommandFailed(slot, slot.Error, slot.ErrorMessage));
