@@ -31,6 +31,8 @@ internal sealed class ClientConnection
     private readonly TaskCompletionSource _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private NegotiatedSession? _session;
     private volatile bool _stopping;
+    /// <summary>Set by StopAsync: until when a client may read its last replies before the socket closes.</summary>
+    private long _stopDrainUntilTicks;
     private int _disposed;
 
     public ClientConnection(NbdServer server, NbdTransport transport, ConnectionOrigin origin, ILogger log, int maxInFlight)
@@ -240,6 +242,11 @@ internal sealed class ClientConnection
             if (_slots.CurrentCount == 0)
                 _batch.Flush();
             _slots.Wait();
+            // A full fence between taking the slot and reading _stopping (StopAsync fences between setting the flag and
+            // reading InFlight): SemaphoreSlim's count store can otherwise pass the flag's load on x86, and StopAsync could
+            // see no request in flight while this one goes on to run after the socket was half-closed: a write applied
+            // whose reply is never sent.
+            Interlocked.MemoryBarrier();
             var request = RentRequest();
             request.Command = command;
             request.Flags = cmdFlags;
@@ -396,9 +403,11 @@ internal sealed class ClientConnection
         // Every reply is written: half-close so the client reads them all and then sees EOF; a full
         // close now could turn into RST and make the client's kernel drop replies it has not read.
         // The client gets what is left of the grace period (at least 2 s) to read them and close.
-        _transport.ShutdownSend();
         var closeBy = until - DateTime.UtcNow;
-        await Task.WhenAny(Closed, Task.Delay(closeBy > TimeSpan.FromSeconds(2) ? closeBy : TimeSpan.FromSeconds(2))).ConfigureAwait(false);
+        if (closeBy < TimeSpan.FromSeconds(2)) closeBy = TimeSpan.FromSeconds(2);
+        Interlocked.Exchange(ref _stopDrainUntilTicks, (DateTime.UtcNow + closeBy).Ticks);
+        _transport.ShutdownSend();
+        await Task.WhenAny(Closed, Task.Delay(closeBy)).ConfigureAwait(false);
         _transport.Shutdown();
         // The reader wakes on the shutdown; give it a bounded time, a stuck store must not hang Stop.
         await Task.WhenAny(Closed, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
@@ -415,9 +424,13 @@ internal sealed class ClientConnection
             Thread.Sleep(1);
         _session?.Export.Detach(this);
         // Replies may still sit unread at the client: FIN, then read until it closes, so the close
-        // below does not become an RST that discards them.
+        // below does not become an RST that discards them. During a stop the reader gets here early when a late
+        // request's ESHUTDOWN meets the half-closed socket; the client then keeps the stop's time to read, not 1 s
+        // (a starved client lost replies of writes that had been carried out).
         _transport.ShutdownSend();
-        _transport.DrainUntilClosed(TimeSpan.FromSeconds(1));
+        var drain = TimeSpan.FromSeconds(1);
+        var stopDrain = new DateTime(Interlocked.Read(ref _stopDrainUntilTicks), DateTimeKind.Utc) - DateTime.UtcNow;
+        _transport.DrainUntilClosed(stopDrain > drain ? stopDrain : drain);
         (_session?.Transport ?? _negotiatedTransport ?? _transport).Dispose();
         _transport.Dispose();
         _server.Forget(this);

@@ -120,11 +120,16 @@ public class FaultTests
     [Fact]
     public async Task Stopping_a_busy_server_drains_or_fails_requests_with_ESHUTDOWN_and_closes_every_file()
     {
-        const long size = 8 << 20;
         const int clients = 8, depth = 8, slotsPerClient = 256;
+        // The clients' slots, then one block for the probe below.
+        const long probeOffset = clients * slotsPerClient * BlockSize, size = probeOffset + BlockSize;
         using var scratch = new ScratchDirectory();
         string path = scratch.SparseFile("disk.img", size);
-        var store = new FaultInjectingBlockStore(FileBlockStore.Open(path, readOnly: false)) { WriteDelay = TimeSpan.FromMilliseconds(2) };
+        var store = new FaultInjectingBlockStore(FileBlockStore.Open(path, readOnly: false))
+        {
+            WriteDelay = TimeSpan.FromMilliseconds(2),
+            HoldWrite = offset => offset == probeOffset,
+        };
         var log = new CountingLogger();
         var server = new NbdServer(new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(10) }, log);
         var tcp = server.ListenTcp(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
@@ -200,10 +205,39 @@ public class FaultTests
         }) { IsBackground = true }).ToList();
         threads.ForEach(t => t.Start());
         Assert.True(started.Wait(TimeSpan.FromSeconds(10)));
-        Thread.Sleep(1000);
+        // Busy: every client has had writes acknowledged (a condition, not a sleep: on a loaded machine a second
+        // may pass before the first reply).
+        var busyBy = Stopwatch.StartNew();
+        while (Interlocked.Read(ref ok) < clients * depth * 4 && failures.Count == 0 && busyBy.Elapsed < TimeSpan.FromSeconds(60))
+            Thread.Sleep(10);
+        Assert.True(Interlocked.Read(ref ok) >= clients * depth * 4, $"only {Interlocked.Read(ref ok)} writes acknowledged in 60 s: {string.Join("; ", failures)}");
+
+        // The probe: one write the store holds in flight, so the stop must wait for it, and one more write sent after
+        // the stop began, which the server must refuse with ESHUTDOWN (whether the busy clients also send one while
+        // the stop runs depends on timing, so they are not relied on for that).
+        using var probe = RawNbdClient.Connect(tcp);
+        probe.Go("d");
+        var held = new byte[BlockSize];
+        held.AsSpan().Fill(0x5A);
+        probe.SendRequest(NbdCommand.Write, (ulong)probeOffset, BlockSize, 1, payload: held);
+        var heldBy = Stopwatch.StartNew();
+        while (store.HeldWrites == 0 && heldBy.Elapsed < TimeSpan.FromSeconds(60))
+            Thread.Sleep(10);
+        Assert.Equal(1, store.HeldWrites);
 
         var stopClock = Stopwatch.StartNew();
-        await server.StopAsync().WaitAsync(TimeSpan.FromSeconds(20));
+        // StopAsync marks every connection as stopping before it first waits, so the next request is a late one.
+        var stopping = server.StopAsync();
+        probe.SendRequest(NbdCommand.Write, (ulong)probeOffset, BlockSize, 2, payload: new byte[BlockSize]);
+        var (lateError, lateCookie, _) = probe.ReadSimpleReply();
+        Assert.Equal((NbdError.Shutdown, 2UL), (lateError, lateCookie));
+        Assert.False(stopping.IsCompleted, "the stop finished while a write was still in flight");
+        store.ReleaseHeldWrites();
+        var (heldError, heldCookie, _) = probe.ReadSimpleReply();
+        Assert.Equal((NbdError.None, 1UL), (heldError, heldCookie));
+        // As a client should once answered ESHUTDOWN: leave, so the server need not wait out its grace period.
+        probe.Dispose();
+        await stopping.WaitAsync(TimeSpan.FromSeconds(20));
         stopClock.Stop();
         Assert.True(threads.All(t => t.Join(TimeSpan.FromSeconds(10))), "a client never saw its connection close");
 
@@ -211,7 +245,14 @@ public class FaultTests
         Assert.Empty(log.Errors);
         Assert.True(store.Disposed);
         Assert.Equal(0, ProcessProbe.OpenDescriptorsOn(path));
-        Assert.True(shutdowns > 0, "no request was answered with ESHUTDOWN while the server stopped");
+        // The held write was drained, not dropped; the refused one never reached the store.
+        using (var file = File.OpenRead(path))
+        {
+            var probed = new byte[BlockSize];
+            file.Position = probeOffset;
+            file.ReadExactly(probed);
+            Assert.True(probed.AsSpan().SequenceEqual(held), "the write held in flight during the stop is not in the file");
+        }
         // Everything acknowledged is in the file.
         var onDisk = File.ReadAllBytes(path);
         for (int id = 0; id < clients; id++)

@@ -10,6 +10,8 @@ internal sealed class FaultInjectingBlockStore : IBlockStore
 {
     private readonly IBlockStore _inner;
     private int _faults;
+    private int _held;
+    private readonly ManualResetEventSlim _release = new(false);
 
     public FaultInjectingBlockStore(IBlockStore inner) => _inner = inner;
 
@@ -18,6 +20,17 @@ internal sealed class FaultInjectingBlockStore : IBlockStore
 
     /// <summary>Sleep before every write (makes in-flight windows wide enough to stop a server inside them).</summary>
     public TimeSpan WriteDelay { get; set; }
+
+    /// <summary>
+    /// Writes at offsets this returns true for wait in the store until <see cref="ReleaseHeldWrites"/>: a request held
+    /// in flight for as long as a test needs, where a delay would only make that likely.
+    /// </summary>
+    public Func<long, bool>? HoldWrite { get; set; }
+
+    /// <summary>Writes waiting because of <see cref="HoldWrite"/> (and those released since).</summary>
+    public int HeldWrites => Volatile.Read(ref _held);
+
+    public void ReleaseHeldWrites() => _release.Set();
 
     public int FaultsInjected => Volatile.Read(ref _faults);
     public bool Disposed { get; private set; }
@@ -36,6 +49,12 @@ internal sealed class FaultInjectingBlockStore : IBlockStore
     {
         if (WriteDelay > TimeSpan.Zero)
             Thread.Sleep(WriteDelay);
+        if (HoldWrite?.Invoke(offset) == true)
+        {
+            Interlocked.Increment(ref _held);
+            // Bounded: a test that forgets to release fails on its own assertions instead of hanging the run.
+            _release.Wait(TimeSpan.FromSeconds(60));
+        }
         Check("write", offset, source.Length);
         _inner.Write(offset, source, fua);
     }
