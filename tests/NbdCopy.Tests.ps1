@@ -267,6 +267,8 @@ Describe 'Copy-NbdDisk with nbdkit and qemu-nbd' -Skip:(-not ($IsLinux -and $Has
         while ([DateTime]::UtcNow -lt $deadline -and (Get-NbdExport cp-slow).ClientCount -gt 0) { Start-Sleep -Milliseconds 100 }
         (Get-NbdExport cp-slow).ClientCount | Should -Be 0
         Get-EstablishedCount $port | Should -Be 0
-        $peer.HasExited | Should -BeFalse
+        # nbdkit ended here once under load; say how, so the next occurrence can be explained.
+        $peerLog = Get-ChildItem $dir -Filter 'nbdkit-*.log' | ForEach-Object { "$($_.Name): $(Get-Content -Raw $_.FullName)" }
+        $peer.HasExited | Should -BeFalse -Because "the destination nbdkit must outlive the stopped copy (exit code $(if ($peer.HasExited) { $peer.ExitCode }); its stderr: $peerLog)"
     }
 }

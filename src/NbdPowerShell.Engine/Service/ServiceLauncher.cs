@@ -101,7 +101,9 @@ public static class ServiceLauncher
         {
             return (await client.HelloAsync(cancellationToken).ConfigureAwait(false)).ProcessId;
         }
-        catch (Exception e) when (e is NbdServiceNotRunningException or NbdHostException { ErrorId: ErrorIds.ServiceUnavailable })
+        // A service that has just bound its socket may still be too busy starting to answer within the hello's own
+        // limit (a starved machine, an emulated VM): that is "not ready yet", and the start timeout bounds the wait.
+        catch (Exception e) when (e is NbdServiceNotRunningException or NbdHostException { ErrorId: ErrorIds.ServiceUnavailable or ErrorIds.Timeout })
         {
             return null;
         }
