@@ -6,6 +6,10 @@ internal static partial class Libc
 {
     public const int MSG_NOSIGNAL = 0x4000;
     public const short POLLOUT = 0x004;
+    public const short POLLERR = 0x008;
+    public const int SOL_SOCKET = 1;
+    /// <summary>SO_SNDTIMEO as x86_64 and arm64 define it (asm-generic; struct timeval of two longs).</summary>
+    public const int SO_SNDTIMEO = 21;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct IoVec
