@@ -473,17 +473,21 @@ public sealed class DeviceSupervisor : IAsyncDisposable
         {
             var connections = new List<NbdNegotiatedConnection>(needed);
             string? refusal;
+            var clock = Stopwatch.StartNew();
             try
             {
                 for (int i = 0; i < needed; i++) connections.Add(await NbdClient.ConnectAsync(uri, clientOptions, ct).ConfigureAwait(false));
+                var negotiated = clock.Elapsed;
                 refusal = await ServerAcceptance.CheckAsync(_record, connections[0], ct).ConfigureAwait(false);
                 for (int i = 1; refusal is null && i < connections.Count; i++) refusal = ServerAcceptance.Check(_record, connections[i]);
+                _logger.LogDebug("{Device}: {Count} connection(s) to {Server} negotiated in {Negotiated:0} ms, checked in {Checked:0} ms",
+                    _device, needed, uri, negotiated.TotalMilliseconds, (clock.Elapsed - negotiated).TotalMilliseconds);
             }
             catch (Exception e) when (e is NbdClientException or SocketException or IOException)
             {
                 foreach (var c in connections) c.Dispose();
                 failure = $"{uri}: {e.Message}";
-                _logger.LogDebug("Reconnecting {Device}: {Failure}", _device, failure);
+                _logger.LogDebug("Reconnecting {Device}: {Failure} (after {Elapsed:0} ms)", _device, failure, clock.Elapsed.TotalMilliseconds);
                 continue;
             }
             if (refusal is not null)

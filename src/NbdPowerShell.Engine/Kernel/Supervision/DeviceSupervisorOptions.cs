@@ -11,8 +11,11 @@ public sealed record DeviceSupervisorOptions
     /// <summary>First wait between reconnect rounds; doubles up to <see cref="MaximumBackoff"/>.</summary>
     public TimeSpan InitialBackoff { get; init; } = TimeSpan.FromMilliseconds(100);
 
-    /// <summary>Longest wait between rounds while the kernel still holds I/O (before the dead-connection timeout).</summary>
-    public TimeSpan MaximumBackoff { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>
+    /// Longest wait between rounds while the kernel still holds I/O (before the dead-connection timeout): at most this
+    /// long passes between a server accepting again and the next attempt. A refused connection costs next to nothing.
+    /// </summary>
+    public TimeSpan MaximumBackoff { get; init; } = TimeSpan.FromMilliseconds(500);
 
     /// <summary>Longest wait between rounds once the device is <see cref="SupervisionState.Dead"/>.</summary>
     public TimeSpan DeadBackoff { get; init; } = TimeSpan.FromSeconds(5);

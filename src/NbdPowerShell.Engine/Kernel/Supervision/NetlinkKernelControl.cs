@@ -9,12 +9,14 @@ internal sealed class NetlinkKernelControl : INbdKernelControl
     private readonly NbdLinkDeadListener _listener;
     private readonly bool _ownsListener;
     private readonly string _sysRoot;
+    private readonly ILogger _logger;
     private NbdNetlinkFamily? _family;
 
     /// <param name="listener">A listener shared with other supervisors, or null to open one owned by this instance.</param>
     public NetlinkKernelControl(NbdLinkDeadListener? listener, ILogger logger, string sysRoot = "/sys")
     {
         _sysRoot = sysRoot;
+        _logger = logger;
         _ownsListener = listener is null;
         _listener = listener ?? NbdLinkDeadListener.Open(logger);
     }
@@ -29,6 +31,7 @@ internal sealed class NetlinkKernelControl : INbdKernelControl
         }
         catch (Exception e) when (e is NetlinkException or TimeoutException or NbdKernelException)
         {
+            _logger.LogWarning("NBD_CMD_STATUS for nbd{Index} failed: {Message}", index, e.Message);
             Reset();
             return null;
         }
