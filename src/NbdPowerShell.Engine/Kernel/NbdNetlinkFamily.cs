@@ -87,15 +87,21 @@ internal sealed class NbdNetlinkFamily : IDisposable
         if (r.DeadConnTimeoutSeconds is ulong d) m.U64(ATTR_DEAD_CONN_TIMEOUT, d);
         m.U64(ATTR_CLIENT_FLAGS, r.ClientFlags);
         if (!string.IsNullOrEmpty(r.BackendIdentifier)) m.String(ATTR_BACKEND_IDENTIFIER, r.BackendIdentifier);
+        PutSockets(m, r.SocketFds);
+        return m.ToArray();
+    }
+
+    /// <summary>SOCKETS → SOCK_ITEM* → SOCK_FD (u32), in the order given: the kernel adds (CONNECT) or places (RECONFIGURE) them in that order.</summary>
+    private static void PutSockets(NetlinkMessageBuilder m, IReadOnlyList<int> fds)
+    {
         int sockets = m.BeginNested(ATTR_SOCKETS);
-        foreach (int fd in r.SocketFds)
+        foreach (int fd in fds)
         {
             int item = m.BeginNested(SOCK_ITEM);
             m.U32(SOCK_FD, (uint)fd);
             m.EndNested(item);
         }
         m.EndNested(sockets);
-        return m.ToArray();
     }
 
     /// <summary>
@@ -119,17 +125,7 @@ internal sealed class NbdNetlinkFamily : IDisposable
         if (!string.IsNullOrEmpty(r.BackendIdentifier)) m.String(ATTR_BACKEND_IDENTIFIER, r.BackendIdentifier);
         if (r.TimeoutSeconds is ulong t) m.U64(ATTR_TIMEOUT, t);
         if (r.DeadConnTimeoutSeconds is ulong d) m.U64(ATTR_DEAD_CONN_TIMEOUT, d);
-        if (r.SocketFds.Count > 0)
-        {
-            int sockets = m.BeginNested(ATTR_SOCKETS);
-            foreach (int fd in r.SocketFds)
-            {
-                int item = m.BeginNested(SOCK_ITEM);
-                m.U32(SOCK_FD, (uint)fd);
-                m.EndNested(item);
-            }
-            m.EndNested(sockets);
-        }
+        if (r.SocketFds.Count > 0) PutSockets(m, r.SocketFds);
         return m.ToArray();
     }
 

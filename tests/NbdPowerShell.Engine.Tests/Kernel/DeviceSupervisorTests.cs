@@ -64,20 +64,16 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     private static async Task<SupervisionRecord> RecordFor(params TestServer[] servers)
     {
         await using var c = await NbdClient.ConnectAsync(Uri(servers[0]));
-        return new SupervisionRecord
-        {
-            Index = 7,
-            BackendIdentifier = Uri(servers[0]).ToString(),
-            Servers = servers.Select(s => Uri(s).ToString()).ToArray(),
-            ExportName = "img",
-            Size = c.Size,
-            TransmissionFlags = c.Flags,
-            ReadOnly = true,
-            Connections = 1,
-            RequestTimeoutSeconds = 5,
-            DeadConnectionTimeoutSeconds = 30,
-            ContentFingerprint = await ContentFingerprint.ComputeAsync(c),
-        };
+        return await ServerAcceptanceTests.RecordOf(c, readOnly: true, servers.Select(s => Uri(s).ToString()).ToArray());
+    }
+
+    /// <summary>A server with export "img", the record of a device attached to it, and a simulated driver holding that device.</summary>
+    private async Task<(TestServer Server, SupervisionRecord Record, SimulatedNbdKernel Kernel)> Device(int slots = 1, Func<SupervisionRecord, SupervisionRecord>? configure = null)
+    {
+        var server = Serve(1);
+        var record = await RecordFor(server);
+        if (configure is not null) record = configure(record);
+        return (server, record, new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots));
     }
 
     private DeviceSupervisor Adopt(SupervisionRecord record, SimulatedNbdKernel kernel, DeviceSupervisorOptions? options = null)
@@ -102,9 +98,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task Adoption_sets_the_timeouts_and_leaves_a_healthy_device_alone()
     {
-        var server = Serve(1);
-        var record = await RecordFor(server);
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 1);
+        var (server, record, kernel) = await Device(slots: 1);
         var supervisor = Adopt(record, kernel);
 
         Assert.Equal(5ul, kernel.TimeoutSeconds);
@@ -122,9 +116,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task A_socket_that_died_unwatched_is_replaced_and_then_watched()
     {
-        var server = Serve(1);
-        var record = await RecordFor(server);
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 1);
+        var (server, record, kernel) = await Device(slots: 1);
         kernel.KillSlot(0, notify: false); // died while no supervisor ran
         var supervisor = Adopt(record, kernel);
 
@@ -149,10 +141,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task Only_the_dead_sockets_of_a_multi_connection_device_are_replaced()
     {
-        var server = Serve(1);
-        var record = (await RecordFor(server)) with { Connections = 3 };
-        Assert.True(record.TransmissionFlags.HasFlag(Engine.Protocol.TransmissionFlags.CanMultiConn));
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 3);
+        var (server, record, kernel) = await Device(slots: 3, configure: r => r with { Connections = 3 });
         for (int i = 0; i < 3; i++) kernel.KillSlot(i, notify: false);
         var supervisor = Adopt(record, kernel);
         await Until(() => kernel.DeadSlots == 0 && supervisor.Snapshot().State == SupervisionState.Connected, "all three sockets");
@@ -170,9 +159,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task Link_dead_for_a_socket_nobody_watches_is_found_with_one_probe()
     {
-        var server = Serve(1);
-        var record = (await RecordFor(server)) with { Connections = 2 };
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 2);
+        var (server, record, kernel) = await Device(slots: 2, configure: r => r with { Connections = 2 });
         var supervisor = Adopt(record, kernel);
         await Until(() => kernel.SocketsOffered == 1, "the adoption probe");
         await Until(() => supervisor.Snapshot().History.Count == 1 && supervisor.Snapshot().State == SupervisionState.Connected, "the check to end");
@@ -242,9 +229,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task A_disconnected_device_ends_supervision_and_stop_is_recorded_otherwise()
     {
-        var server = Serve(1);
-        var record = await RecordFor(server);
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 1);
+        var (server, record, kernel) = await Device(slots: 1);
         var supervisor = Adopt(record, kernel);
         await Until(() => kernel.SocketsOffered == 1, "the adoption probe");
         kernel.Connected = false;
@@ -274,9 +259,7 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     [Fact]
     public async Task History_keeps_only_the_newest_events()
     {
-        var server = Serve(1);
-        var record = await RecordFor(server);
-        var kernel = new SimulatedNbdKernel(record.Index, record.BackendIdentifier, slots: 1);
+        var (server, record, kernel) = await Device(slots: 1);
         kernel.KillSlot(0, notify: false);
         var supervisor = Adopt(record, kernel, Fast with { HistoryCapacity = 3 });
         await Until(() => supervisor.Snapshot().ReconnectCount == 1, "the first heal");

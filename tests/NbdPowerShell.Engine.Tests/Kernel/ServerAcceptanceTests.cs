@@ -43,11 +43,12 @@ public sealed class ServerAcceptanceTests : IAsyncLifetime
     private Task<NbdNegotiatedConnection> Connect(string export) =>
         NbdClient.ConnectAsync(NbdUri.ForTcp("127.0.0.1", _server.Port, export));
 
-    private static async Task<SupervisionRecord> RecordOf(NbdNegotiatedConnection c, bool readOnly) => new()
+    /// <summary>The record a supervised attach over <paramref name="c"/> would write (index 0, one connection, 5 s / 30 s timeouts).</summary>
+    internal static async Task<SupervisionRecord> RecordOf(NbdNegotiatedConnection c, bool readOnly, IReadOnlyList<string>? servers = null) => new()
     {
         Index = 0,
         BackendIdentifier = c.Uri.ToString(),
-        Servers = [c.Uri.ToString()],
+        Servers = servers ?? [c.Uri.ToString()],
         ExportName = c.ExportName,
         Size = c.Size,
         TransmissionFlags = c.Flags,

@@ -501,14 +501,20 @@ public sealed class DeviceSupervisor : IAsyncDisposable
                 }
                 continue;
             }
-            return GiveToKernel(uri, connections);
+            var outcome = GiveToKernel(uri, connections);
+            if (outcome.Kind == ReplaceKind.Failed && refusalsSeen.Add("RECONFIGURE\n" + outcome.Failure))
+            {
+                _logger.LogWarning("{Device}: {Message}", _device, outcome.Failure);
+                AddEvent(SupervisionEventKind.Error, outcome.Failure!, uri.ToString());
+            }
+            return outcome;
         }
         return Failure(failure);
     }
 
     private static ReplaceOutcome Failure(string failure) => new(ReplaceKind.Failed, Failure: failure);
 
-    /// <summary>Hands the sockets to the kernel with RECONFIGURE and keeps the ones it took.</summary>
+    /// <summary>Hands the sockets to the kernel with RECONFIGURE and keeps the ones it took. The caller reports a failure (once).</summary>
     private ReplaceOutcome GiveToKernel(NbdUri uri, List<NbdNegotiatedConnection> connections)
     {
         var handed = new List<(Socket KernelEnd, KernelSocketWatch Watch, TlsRelay? Relay)>(connections.Count);
@@ -526,10 +532,7 @@ public sealed class DeviceSupervisor : IAsyncDisposable
         {
             foreach (var h in handed) Release(h);
             foreach (var c in connections) c.Dispose();
-            string message = $"the kernel refused RECONFIGURE of {_device}: {e.Message}";
-            _logger.LogWarning("{Device}: {Message}", _device, message);
-            AddEvent(SupervisionEventKind.Error, message, uri.ToString());
-            return Failure(message);
+            return Failure($"the kernel refused RECONFIGURE of {_device}: {e.Message}");
         }
         finally
         {
