@@ -11,11 +11,16 @@ Docs     Regenerates only the help (en-US/NbdPowerShell.dll-Help.xml, about_NbdP
          platyPS (New-ExternalHelp) when it is installed, otherwise tools/HelpGen.
 Package  Build, then a .nupkg in out/packages that Install-PSResource / Install-Module accept from a local
          repository (Register-PSResourceRepository -Name local -Uri ./out/packages -Trusted).
-Serve    Build, import the built module, serve a 1 GB memory export named demo on port 10809 and wait
-         (Ctrl+C stops it).
+Serve    Build, import the built module, serve a 1 GB memory export named demo on -Port (default 10809) and
+         wait (Ctrl+C stops it).
+
+Without pwsh installed, ./build.sh runs this script with the repository's PowerShell .NET tool.
 
 .EXAMPLE
 ./build.ps1 -Task Serve
+
+.EXAMPLE
+./build.sh -Task Serve -Port 0
 #>
 [CmdletBinding()]
 param(
@@ -23,7 +28,11 @@ param(
     [string]$Task = 'Build',
 
     [ValidateSet('Debug', 'Release')]
-    [string]$Configuration = 'Release'
+    [string]$Configuration = 'Release',
+
+    # Serve only: the TCP port of the demo export; 0 lets the system choose a free one (reported).
+    [ValidateRange(0, 65535)]
+    [int]$Port = 10809
 )
 
 $ErrorActionPreference = 'Stop'
@@ -76,11 +85,11 @@ switch ($Task) {
     'Serve' {
         Invoke-Build
         Import-Module (Join-Path $moduleDir 'NbdPowerShell.psd1') -Force
-        $export = Start-NbdExport -Memory -Size 1GB -Name demo -Port 10809
+        $export = Start-NbdExport -Memory -Size 1GB -Name demo -Port $Port
         $export | Format-Table | Out-Host
         Write-Host "Serving $($export.Uri) until Ctrl+C. Connect with:"
-        Write-Host "  sudo pwsh -c 'Import-Module $moduleDir; Connect-NbdDevice -ComputerName 127.0.0.1 -ExportName demo'"
-        Write-Host "  sudo nbd-client -N demo 127.0.0.1 10809 /dev/nbd0"
+        Write-Host "  sudo $PSScriptRoot/tools/pwsh -c 'Import-Module $moduleDir; Connect-NbdDevice -ComputerName 127.0.0.1 -Port $($export.Port) -ExportName demo'"
+        Write-Host "  sudo nbd-client -N demo 127.0.0.1 $($export.Port) /dev/nbd0"
         Write-Host "  nbdinfo $($export.Uri)"
         Wait-NbdExport -Name demo -Verbose
     }

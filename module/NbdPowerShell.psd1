@@ -7,7 +7,7 @@
     Author                 = 'NbdPowerShell contributors'
     CompanyName            = 'NbdPowerShell contributors'
     Copyright              = 'Copyright (c) 2026 NbdPowerShell contributors'
-    Description            = 'Serve and attach Network Block Devices (NBD) from PowerShell on Linux: an in-process NBD server (files, block devices, memory, copy-on-write) and kernel attach of local or remote exports as /dev/nbdN.'
+    Description            = 'Serve and attach Network Block Devices (NBD) from PowerShell on Linux: an NBD server (files, block devices, memory, copy-on-write) in the pwsh process or in a long-lived service, and kernel attach of local or remote exports as /dev/nbdN.'
     PowerShellVersion      = '7.4'
     FormatsToProcess       = @('NbdPowerShell.Format.ps1xml')
     FunctionsToExport      = @()
@@ -21,6 +21,11 @@
         'Get-NbdSession'
         'Disconnect-NbdDevice'
         'Get-NbdDevice'
+        'Get-NbdService'
+        'Start-NbdService'
+        'Stop-NbdService'
+        'Install-NbdService'
+        'Uninstall-NbdService'
     )
     VariablesToExport      = @()
     AliasesToExport        = @()
@@ -28,7 +33,7 @@
         PSData = @{
             Tags         = @('NBD', 'Linux', 'Storage', 'BlockDevice', 'PSEdition_Core')
             LicenseUri   = 'https://opensource.org/licenses/MIT'
-            ReleaseNotes = 'First release: Start/Get/Stop/Wait/Find-NbdExport, Connect/Disconnect-NbdDevice, Get-NbdSession, Get-NbdDevice.'
+            ReleaseNotes = 'Start/Get/Stop/Wait/Find-NbdExport, Connect/Disconnect-NbdDevice, Get-NbdSession, Get-NbdDevice; the NbdPowerShell service for persistent exports and devices (Get/Start/Stop/Install/Uninstall-NbdService).'
         }
     }
 }

@@ -40,10 +40,33 @@ Describe 'Start-NbdExport' {
         Get-NbdExport -Name whatif* | Should -BeNullOrEmpty
     }
 
-    It 'refuses a duplicate name with NbdExportAlreadyExists' {
-        $null = Start-NbdExport -Memory -Size 1MB -Name dup -Port 0
-        { Start-NbdExport -Memory -Size 1MB -Name dup -Port 0 -ErrorAction Stop } |
+    It 'returns the existing export for the same command, changing nothing' {
+        $first = Start-NbdExport -Memory -Size 1MB -Name dup -Port 0
+        $first.Changed | Should -BeTrue
+        $verbose = Start-NbdExport -Memory -Size 1MB -Name dup -Port 0 -Verbose 4>&1
+        $again = $verbose | Where-Object { $_ -is [NbdPowerShell.NbdExport] }
+        $again.Changed | Should -BeFalse
+        $again.Port | Should -Be $first.Port
+        (($verbose | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n") | Should -Match 'nothing changed'
+    }
+
+    It 'refuses the same name with another definition with NbdExportAlreadyExists, and -Force replaces it' {
+        $null = Start-NbdExport -Memory -Size 1MB -Name dup2 -Port 0
+        { Start-NbdExport -Memory -Size 2MB -Name dup2 -Port 0 -ErrorAction Stop } |
             Should -Throw -ErrorId 'NbdExportAlreadyExists,NbdPowerShell.Commands.StartNbdExportCommand'
+        (Get-NbdExport -Name dup2).Size | Should -Be 1MB
+        $replaced = Start-NbdExport -Memory -Size 2MB -Name dup2 -Port 0 -Force
+        $replaced.Changed | Should -BeTrue
+        (Get-NbdExport -Name dup2).Size | Should -Be 2MB
+    }
+
+    It 'serves one export on IPv4, IPv6 and a Unix socket at once' {
+        $sock = Join-Path $TestDrive 'dual.sock'
+        $e = Start-NbdExport -Memory -Size 1MB -Name dual -ListenAddress 127.0.0.1, ::1 -Port 0 -SocketPath $sock
+        $e.Listeners | Should -Be @("127.0.0.1:$($e.Port)", "[::1]:$($e.Port)", $sock)
+        (Find-NbdExport -ComputerName 127.0.0.1 -Port $e.Port).Name | Should -Be 'dual'
+        (Find-NbdExport -ComputerName ::1 -Port $e.Port).Name | Should -Be 'dual'
+        (Find-NbdExport -SocketPath $sock).Name | Should -Be 'dual'
     }
 
     It 'reports a missing file with NbdPathNotFound' {

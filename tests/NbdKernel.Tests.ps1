@@ -20,6 +20,8 @@ Describe 'Kernel attach' -Tag 'Kernel' -Skip:(-not $NbdTest.KernelReady) {
         $session.Device | Should -Match '^/dev/nbd\d+$'
         $session.Size | Should -Be 256MB
         $session.IsServedByThisProcess | Should -BeTrue
+        $session.Scope | Should -Be 'Process'
+        $session.Transport | Should -Be 'Local socket pair (this process)'
         $session.Mode | Should -Be 'Netlink'
 
         mkfs.ext4 -q -F $session.Device
@@ -73,6 +75,24 @@ Describe 'Kernel attach' -Tag 'Kernel' -Skip:(-not $NbdTest.KernelReady) {
         (Get-NbdSession -Device $b.Device).IsConnected | Should -BeTrue
         Get-NbdSession | Where-Object IsServedByThisProcess | Disconnect-NbdDevice -Confirm:$false -PassThru |
             ForEach-Object IsConnected | Should -Be @($false, $false)
+    }
+
+    It 'returns the attached device when the same export is connected twice, and -NewDevice attaches another' {
+        $e = Start-NbdExport -Memory -Size 8MB -Name ktwice -Port 0
+        $first = Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName ktwice
+        $first.Changed | Should -BeTrue
+        $second = Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName ktwice -Verbose 4>&1
+        $session = $second | Where-Object { $_ -is [NbdPowerShell.NbdSession] }
+        $session.Device | Should -Be $first.Device
+        $session.Changed | Should -BeFalse
+        (($second | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n") | Should -Match 'nothing changed'
+        @(Get-NbdSession | Where-Object ExportName -eq 'ktwice').Count | Should -Be 1
+        # The in-process pipeline form finds it too: the backend identifier is the export's URI.
+        ($e | Connect-NbdDevice).Device | Should -Be $first.Device
+        $third = Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName ktwice -NewDevice
+        $third.Device | Should -Not -Be $first.Device
+        @(Get-NbdSession | Where-Object ExportName -eq 'ktwice').Count | Should -Be 2
+        Disconnect-NbdDevice -Device $first.Device, $third.Device -Confirm:$false
     }
 
     It 'attaches a remote export over TCP on a chosen device' {

@@ -30,15 +30,15 @@ Describe 'Formatting' {
     AfterAll { Stop-AllTestExports }
 
     It 'has a table view for every output type' {
-        foreach ($t in 'NbdExport', 'NbdSession', 'NbdRemoteExport', 'NbdDevice') {
+        foreach ($t in 'NbdExport', 'NbdSession', 'NbdRemoteExport', 'NbdDevice', 'NbdService') {
             Get-FormatData -TypeName "NbdPowerShell.$t" | Should -Not -BeNullOrEmpty
         }
     }
 
     It 'shows exports in a table that fits 80 columns' {
         $text = Get-NbdExport -Name format-test | Format-Table | Out-String -Width 80
-        $text | Should -Match 'Name\s+Size\s+ReadOnly\s+Clients\s+State\s+Uri'
-        $text | Should -Match 'format-test\s+1 GB\s+False\s+0\s+Running'
+        $text | Should -Match 'Name\s+Scope\s+Size\s+ReadOnly\s+Clients\s+State\s+Uri'
+        $text | Should -Match 'format-test\s+Process\s+1 GB\s+False\s+0\s+Running'
         ($text -split "`n" | Measure-Object -Property Length -Maximum).Maximum | Should -BeLessOrEqual 80
     }
 
@@ -67,7 +67,20 @@ Describe 'Help' {
     }
 
     It 'has the about topic' {
-        Get-Help about_NbdPowerShell | Out-String | Should -Match 'Exports live in the pwsh process'
+        Get-Help about_NbdPowerShell | Out-String | Should -Match 'Start-NbdExport -Persistent hands the export to the NbdPowerShell service'
+    }
+}
+
+Describe 'Errors' {
+    It 'gives every catalogue id a category and a recommended action, and unclassified failures their own id' {
+        $assembly = [NbdPowerShell.ModuleLifetime].Assembly
+        $records = $assembly.GetType('NbdPowerShell.ErrorRecords')
+        foreach ($id in [NbdPowerShell.Engine.Hosting.ErrorIds]::All | Where-Object { $_ -ne 'NbdUnexpectedError' }) {
+            $records.GetMethod('CategoryOf').Invoke($null, @([string]$id)) | Should -Not -Be 'NotSpecified' -Because $id
+            $records.GetMethod('RecommendedActionOf').Invoke($null, @([string]$id)) | Should -Not -BeNullOrEmpty -Because $id
+        }
+        $record = $records.GetMethod('From').Invoke($null, @([InvalidOperationException]::new('a bug'), $null))
+        $record.FullyQualifiedErrorId | Should -Be 'NbdUnexpectedError'
     }
 }
 
@@ -75,7 +88,8 @@ Describe 'Module' {
     It 'exports exactly the manifest cmdlets' {
         (Get-Command -Module NbdPowerShell).Name | Sort-Object | Should -Be @(
             'Connect-NbdDevice', 'Disconnect-NbdDevice', 'Find-NbdExport', 'Get-NbdDevice', 'Get-NbdExport',
-            'Get-NbdSession', 'Start-NbdExport', 'Stop-NbdExport', 'Wait-NbdExport')
+            'Get-NbdService', 'Get-NbdSession', 'Install-NbdService', 'Start-NbdExport', 'Start-NbdService', 'Stop-NbdExport',
+            'Stop-NbdService', 'Uninstall-NbdService', 'Wait-NbdExport')
     }
 
     It 'stops the exports of this process when removed' {

@@ -92,16 +92,19 @@ Describe 'TLS exports and clients' -Skip:(-not ($IsLinux -and $HasOpenssl)) {
 
 Describe 'Kernel attach over TLS' -Tag 'Kernel' -Skip:(-not ($NbdTest.KernelReady -and $HasOpenssl)) {
     AfterEach {
-        Get-NbdSession | Where-Object IsTlsRelayed | Disconnect-NbdDevice -Force -Confirm:$false -ErrorAction SilentlyContinue
+        Get-NbdSession | Where-Object { $_.Scope } | Disconnect-NbdDevice -Force -Confirm:$false -ErrorAction SilentlyContinue
         Stop-AllTestExports
     }
+    # The relays run in the service (on this run's private directories): stop it when done.
+    AfterAll { Stop-NbdService -Confirm:$false -ErrorAction SilentlyContinue }
 
-    It 'attaches a TLS export through the relay, writes, reads back and disconnects' {
+    It 'attaches a TLS export through a relay in the service, writes, reads back and disconnects' {
         $e = Start-NbdExport -Memory -Size 16MB -Name ktls -Port 0 -CertificatePath $cert -KeyPath $key
         $s = Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName ktls -UseTls -CertificateAuthority $ca -Timeout 120
         $s.IsTls | Should -BeTrue
         $s.IsTlsRelayed | Should -BeTrue
-        $s.Transport | Should -Be 'TLS relay (this process)'
+        $s.Scope | Should -Be 'Service'
+        $s.Transport | Should -Be "TLS relay (NbdPowerShell service, pid $((Get-NbdService).ProcessId))"
         $s.BackendIdentifier | Should -Be "nbds://127.0.0.1:$($e.Port)/ktls"
 
         $data = [byte[]]::new(4MB); [Random]::new(7).NextBytes($data)
@@ -114,16 +117,44 @@ Describe 'Kernel attach over TLS' -Tag 'Kernel' -Skip:(-not ($NbdTest.KernelRead
         try { $fs.ReadExactly($back, 0, $back.Length) } finally { $fs.Dispose() }
         [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($back)) | Should -Be ([Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($data)))
 
-        (Get-NbdSession -Device $s.Device).IsTlsRelayed | Should -BeTrue
+        $listed = Get-NbdSession -Device $s.Device
+        $listed.IsTlsRelayed | Should -BeTrue
+        $listed.Counters.BytesToServer | Should -BeGreaterThan 4MB
         $s | Disconnect-NbdDevice -Confirm:$false
         Get-NbdSession -Device "$($s.Device)*" | Should -BeNullOrEmpty
-        [NbdPowerShell.Engine.Kernel.TlsRelayRegistry]::IsRelayed($s.Index) | Should -BeFalse
     }
 
-    It 'attaches a TLS export of this process from the pipeline' {
+    It 'attaches a TLS export of this process from the pipeline over a local socket pair, without TLS' {
         $s = Start-NbdExport -Memory -Size 8MB -Name ktls-local -Port 0 -CertificatePath $cert -KeyPath $key | Connect-NbdDevice -Timeout 120
-        $s.IsTlsRelayed | Should -BeTrue
+        $s.IsTlsRelayed | Should -BeFalse
+        $s.Scope | Should -Be 'Process'
+        $s.Transport | Should -Be 'Local socket pair (this process)'
+        $s.Uri | Should -BeLike 'nbds://*/ktls-local'
         $s.Size | Should -Be 8MB
         $s | Disconnect-NbdDevice -Confirm:$false
+    }
+
+    It 'keeps a persistent TLS device working after the attaching pwsh exits' {
+        $e = Start-NbdExport -Memory -Size 16MB -Name ktls-kept -Port 0 -CertificatePath $cert -KeyPath $key -Persistent
+        $step = Invoke-PwshStep "Connect-NbdDevice -ComputerName 127.0.0.1 -Port $($e.Port) -ExportName ktls-kept -UseTls -CertificateAuthority '$ca' -Persistent -Timeout 120 | ConvertTo-Json -Compress -Depth 4" -TimeoutSeconds 1200
+        $step.ExitCode | Should -Be 0 -Because $step.Errors
+        $device = $step.Json.Device
+        $step.Json.Scope | Should -Be 'Service'
+        $step.Json.IsPersistent | Should -BeTrue
+        # The pwsh that attached it has exited: the relay lives in the service.
+        $data = [byte[]]::new(2MB); [Random]::new(11).NextBytes($data)
+        $fs = [IO.FileStream]::new($device, 'Open', 'ReadWrite', 'ReadWrite', 1, [IO.FileOptions]::WriteThrough)
+        try { $fs.Write($data, 0, $data.Length); $fs.Flush($true) } finally { $fs.Dispose() }
+        sh -c 'echo 3 > /proc/sys/vm/drop_caches'
+        $back = [byte[]]::new($data.Length)
+        $fs = [IO.File]::OpenRead($device)
+        try { $fs.ReadExactly($back, 0, $back.Length) } finally { $fs.Dispose() }
+        [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($back)) | Should -Be ([Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($data)))
+        $listed = Get-NbdSession -Device $device
+        $listed.State | Should -Be 'Connected'
+        $listed.Transport | Should -BeLike 'TLS relay (NbdPowerShell service, pid *)'
+        $listed.History.Event | Should -Contain 'Attached'
+        Disconnect-NbdDevice -Device $device -Confirm:$false
+        Get-NbdSession -Device "$device*" | Should -BeNullOrEmpty
     }
 }

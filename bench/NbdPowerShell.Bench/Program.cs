@@ -1,13 +1,26 @@
 using System.Net;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Server;
+using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Storage;
 
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
-// Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
+//        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        NbdPowerShell.Bench fuse-attach|fuse-cleanup ... (see FuseCommands.cs)
+//        NbdPowerShell.Bench service RUNTIME_DIR CONFIG_DIR
+//        Runs the NbdPowerShell service (what pwsh runs for the module) until SIGTERM, for tests that kill it.
+if (args.Length == 3 && args[0] == "service")
+    return NbdService.Run(args[1], args[2]);
+if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
+    return await NbdPowerShell.Bench.FuseCommands.RunAsync(args);
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
+    Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
+    Console.Error.WriteLine("       service RUNTIME_DIR CONFIG_DIR");
     return 2;
 }
 
@@ -16,6 +29,7 @@ var address = IPAddress.Loopback;
 string? unix = null;
 bool readOnly = false;
 int workers = new NbdServerOptions().WorkerThreads;
+var splicing = new NbdServerOptions().FileReadSplicing;
 var exports = new List<(string Name, Func<IBlockStore> Open)>();
 for (int i = 1; i < args.Length; i++)
 {
@@ -27,22 +41,26 @@ for (int i = 1; i < args.Length; i++)
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
         case "--workers": workers = int.Parse(Next()); break;
+        // Tuning experiments (A/B runs for docs/performance.md), not settings a user needs.
+        case "--splice-minimum": RequestExecutor.SpliceMinimum = int.Parse(Next()); break;
+        case "--splice-file-reads": splicing = Enum.Parse<FileReadSplicing>(Next(), ignoreCase: true); break;
+        case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());
-            exports.Add((name, () => new MemoryBlockStore(ParseSize(size))));
+            exports.Add((name, () => StoreOpener.Open(null, ParseSize(size), readOnly: false, copyOnWrite: false)));
             break;
         }
         case "--cow":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => CopyOnWriteBlockStore.WithMemoryOverlay(FileBlockStore.Open(path, readOnly: true), ownsBase: true)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly: false, copyOnWrite: true)));
             break;
         }
         case "--file":
         {
             var (name, path) = Split(Next());
-            exports.Add((name, () => FileBlockStore.Open(path, readOnly)));
+            exports.Add((name, () => StoreOpener.Open(path, 0, readOnly, copyOnWrite: false)));
             break;
         }
         default:
@@ -51,7 +69,7 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 
-var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers });
+var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers, FileReadSplicing = splicing });
 foreach (var (name, open) in exports)
     server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
 var bound = server.ListenTcp(new IPEndPoint(address, port));

@@ -4,17 +4,19 @@ using Microsoft.Extensions.Logging;
 namespace NbdPowerShell;
 
 /// <summary>One engine message waiting to be shown on a cmdlet's thread.</summary>
-internal readonly record struct EngineMessage(LogLevel Level, string Text, DateTimeOffset Time);
+internal readonly record struct EngineMessage(LogLevel Level, string Category, string Text, DateTimeOffset Time);
 
 /// <summary>
-/// The engine's logger. Server, client and kernel code log from their own threads, where any Write* call
-/// would throw; this logger only queues. Cmdlets drain the queue on the pipeline thread into
-/// WriteVerbose (information) and WriteWarning (warnings and errors). The queue is bounded: when nobody
-/// drains it for a long time the oldest messages are dropped. It never throws.
+/// The engine's loggers in a pwsh process. Server, client and kernel code log from their own threads, where any
+/// Write* call would throw; these loggers only queue, each message with its category (the same categories the
+/// service writes to stderr). Cmdlets drain the queue on the pipeline thread into WriteVerbose (information) and
+/// WriteWarning (warnings and errors). The queue is bounded: when nobody drains it for a long time the oldest
+/// messages are dropped. It never throws.
 /// </summary>
-internal sealed class EngineLog : ILogger
+internal sealed class EngineLog : ILoggerFactory, ILogger
 {
     public const int Capacity = 1000;
+    private const string DefaultCategory = "NbdPowerShell";
 
     private readonly ConcurrentQueue<EngineMessage> _queue = new();
     private int _dropped;
@@ -25,11 +27,22 @@ internal sealed class EngineLog : ILogger
 
     public int Count => _queue.Count;
 
+    public ILogger CreateLogger(string categoryName) => new CategoryLogger(this, categoryName);
+
+    public void AddProvider(ILoggerProvider provider) => throw new NotSupportedException("The engine log of a pwsh process only queues for the cmdlets.");
+
+    public void Dispose()
+    {
+    }
+
     public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
 
     public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None && logLevel >= MinimumLevel;
 
-    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        Write(DefaultCategory, logLevel, state, exception, formatter);
+
+    private void Write<TState>(string category, LogLevel logLevel, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
     {
         if (!IsEnabled(logLevel))
             return;
@@ -38,7 +51,7 @@ internal sealed class EngineLog : ILogger
             string text = formatter(state, exception);
             if (exception is not null)
                 text += ": " + exception.Message;
-            Enqueue(logLevel, text);
+            Enqueue(logLevel, text, category);
         }
         catch (Exception)
         {
@@ -46,16 +59,26 @@ internal sealed class EngineLog : ILogger
         }
     }
 
-    public void Enqueue(LogLevel level, string text)
+    public void Enqueue(LogLevel level, string text, string category = DefaultCategory)
     {
-        _queue.Enqueue(new EngineMessage(level, text, DateTimeOffset.Now));
+        _queue.Enqueue(new EngineMessage(level, category, text, DateTimeOffset.Now));
         while (_queue.Count > Capacity && _queue.TryDequeue(out _))
             Interlocked.Increment(ref _dropped);
     }
 
-    /// <summary>Takes the next message; also reports how many were dropped since the last report.</summary>
+    /// <summary>Takes the next message.</summary>
     public bool TryDequeue(out EngineMessage message) => _queue.TryDequeue(out message);
 
     /// <summary>Messages dropped because the queue was full; resets the count.</summary>
     public int TakeDroppedCount() => Interlocked.Exchange(ref _dropped, 0);
+
+    private sealed class CategoryLogger(EngineLog log, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+        public bool IsEnabled(LogLevel logLevel) => log.IsEnabled(logLevel);
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            log.Write(category, logLevel, state, exception, formatter);
+    }
 }

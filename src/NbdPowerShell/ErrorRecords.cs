@@ -1,4 +1,5 @@
 using System.Management.Automation;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell;
 
@@ -9,7 +10,7 @@ internal static class ErrorRecords
     {
         ErrorIds.ExportNotFound or ErrorIds.DeviceNotFound or ErrorIds.ExportNameUnknown or ErrorIds.PathNotFound => ErrorCategory.ObjectNotFound,
         ErrorIds.ExportAlreadyExists => ErrorCategory.ResourceExists,
-        ErrorIds.AddressInUse => ErrorCategory.ResourceUnavailable,
+        ErrorIds.AddressInUse or ErrorIds.ServerStopped or ErrorIds.ServiceUnavailable => ErrorCategory.ResourceUnavailable,
         ErrorIds.DeviceBusy or ErrorIds.DeviceMounted or ErrorIds.ExportBusy => ErrorCategory.ResourceBusy,
         ErrorIds.PermissionDenied => ErrorCategory.PermissionDenied,
         ErrorIds.KernelModuleMissing => ErrorCategory.NotInstalled,
@@ -20,20 +21,20 @@ internal static class ErrorRecords
         ErrorIds.TlsRequired or ErrorIds.TlsNotSupported or ErrorIds.TlsHandshakeFailed or ErrorIds.CertificateInvalid => ErrorCategory.SecurityError,
         ErrorIds.MultiConnNotSupported or ErrorIds.InvalidArgument => ErrorCategory.InvalidArgument,
         ErrorIds.StorageError => ErrorCategory.OpenError,
-        ErrorIds.KernelError => ErrorCategory.DeviceError,
+        ErrorIds.KernelError or ErrorIds.IOError => ErrorCategory.DeviceError,
         _ => ErrorCategory.NotSpecified,
     };
 
     public static string? RecommendedActionOf(string errorId) => errorId switch
     {
-        ErrorIds.ExportNotFound => "Run Get-NbdExport to see the exports this PowerShell process serves.",
+        ErrorIds.ExportNotFound => "Run Get-NbdExport to see the exports of this PowerShell process and of the NbdPowerShell service.",
         ErrorIds.ExportAlreadyExists => "Choose another -Name, or stop the existing export with Stop-NbdExport.",
         ErrorIds.ExportBusy => "Disconnect the clients first (Disconnect-NbdDevice on their machines) or use -Force to drop them.",
         ErrorIds.AddressInUse => "Another program listens there: pick another -Port (0 chooses a free one) or stop that program.",
         ErrorIds.DeviceNotFound => "Run Get-NbdDevice to list the nbd devices; load more with: modprobe nbd nbds_max=32.",
         ErrorIds.DeviceBusy => "Pick another -Device or omit it to let the kernel choose a free one; Get-NbdSession shows what is attached.",
         ErrorIds.DeviceMounted => "Unmount the device (umount) first, or use -Force to disconnect anyway (pending writes fail).",
-        ErrorIds.PermissionDenied => "Run PowerShell as root (sudo pwsh), or check the file permissions.",
+        ErrorIds.PermissionDenied => "Run PowerShell as root (sudo pwsh): attaching devices and the NbdPowerShell service need root; otherwise check the file permissions.",
         ErrorIds.KernelModuleMissing => "Load the kernel module as root: modprobe nbd (in a container: on the host, with --privileged).",
         ErrorIds.PlatformNotSupported => "Attaching and listing NBD devices needs Linux; serving exports works everywhere.",
         ErrorIds.HandshakeFailed => "Check that the address is an NBD server speaking fixed-newstyle negotiation and that it allows this client.",
@@ -46,6 +47,10 @@ internal static class ErrorRecords
         ErrorIds.CertificateInvalid => "Trust the server's authority with -CertificateAuthority <ca.pem>, connect by a name its certificate carries, or opt out with -SkipCertificateCheck.",
         ErrorIds.MultiConnNotSupported => "Use -Connections 1: the export does not allow several connections.",
         ErrorIds.PathNotFound => "Check the -Path: it must name an existing file or block device.",
+        ErrorIds.ServerStopped => "The server stopped (the module was removed or the service is shutting down); start the export again.",
+        ErrorIds.ServiceUnavailable => "Check the NbdPowerShell service with Get-NbdService and its log (LogPath); Start-NbdService starts it.",
+        ErrorIds.IOError => "An input/output operation failed; check the device, file or connection named in the message.",
+        ErrorIds.UnexpectedError => "This is a bug in NbdPowerShell; please report it with the message and the steps that led to it.",
         _ => null,
     };
 
@@ -53,7 +58,7 @@ internal static class ErrorRecords
     {
         if (exception is AggregateException { InnerExceptions.Count: 1 } aggregate)
             exception = aggregate.InnerExceptions[0];
-        string id = ErrorIds.Classify(exception) ?? ErrorIds.KernelError;
+        string id = ErrorIds.Classify(exception) ?? ErrorIds.UnexpectedError;
         return Create(exception, id, target);
     }
 
@@ -66,5 +71,5 @@ internal static class ErrorRecords
     }
 
     public static ErrorRecord Create(string errorId, string message, object? target) =>
-        Create(new NbdModuleException(errorId, message), errorId, target);
+        Create(new NbdHostException(errorId, message), errorId, target);
 }

@@ -5,54 +5,35 @@ using NbdPowerShell.Engine.Kernel;
 namespace NbdPowerShell;
 
 /// <summary>
-/// Module import and removal. Removal (Remove-Module, or pwsh exiting) stops every export this process
-/// serves. The warnings about kernel devices still attached to them are kept so that the script module's
-/// OnRemove handler (NbdPowerShell.psm1) can write them with Write-Warning on the pipeline thread.
+/// Module import, and its end: <see cref="Remove"/> runs once the module goes away, from the script module's OnRemove
+/// (Remove-Module, which writes the warnings on the pipeline thread) or at process exit (pwsh exiting without removing
+/// modules). It stops every export this process serves and lets go of the devices it owns; the service is not touched.
 /// </summary>
-public sealed class ModuleLifetime : IModuleAssemblyInitializer, IModuleAssemblyCleanup
+public sealed class ModuleLifetime : IModuleAssemblyInitializer
 {
-    private static IReadOnlyList<string> _lastWarnings = [];
-    private static int _exitHooked;
+    private static int _hooked;
 
     public void OnImport()
     {
-        if (Interlocked.Exchange(ref _exitHooked, 1) == 0)
-            AppDomain.CurrentDomain.ProcessExit += (_, _) => StopExports();
+        if (Interlocked.Exchange(ref _hooked, 1) != 0)
+            return;
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => Remove();
         // Last line of defence: an exception escaping a server task must not take pwsh down. Observe it and log.
         TaskScheduler.UnobservedTaskException += OnUnobservedTaskException;
     }
 
-    public void OnRemove(PSModuleInfo psModuleInfo)
-    {
-        TaskScheduler.UnobservedTaskException -= OnUnobservedTaskException;
-        StopExports();
-    }
-
-    /// <summary>Stops every export (idempotent); returns warnings about kernel devices still attached to them.</summary>
-    public static string[] StopExports()
+    /// <summary>Stops every export of this process (idempotent); returns warnings about kernel devices that depended on them.</summary>
+    public static string[] Remove()
     {
         try
         {
-            var warnings = ExportHost.Default.Shutdown(ListDevices).ToList();
-            foreach (int index in TlsRelayRegistry.StopAll())
-                warnings.Add($"/dev/nbd{index} reached its server over TLS through a relay in this process, which stopped with the module: its I/O fails now. Unmount it and run Disconnect-NbdDevice -Device /dev/nbd{index} -Force.");
-            if (warnings.Count > 0)
-                _lastWarnings = warnings;
-            return warnings.ToArray();
+            return Hosts.Process.Shutdown(ListDevices).ToArray();
         }
         catch (Exception e)
         {
             EngineLog.Default.Enqueue(LogLevel.Warning, "Stopping the exports failed: " + e.Message);
             return [];
         }
-    }
-
-    /// <summary>Takes (and clears) the warnings of the last stop.</summary>
-    public static string[] TakeWarnings()
-    {
-        var w = _lastWarnings.ToArray();
-        _lastWarnings = [];
-        return w;
     }
 
     private static IReadOnlyList<(int, string, string?, bool)> ListDevices()

@@ -1,7 +1,7 @@
 using System.Management.Automation;
 using System.Security.Cryptography.X509Certificates;
 using NbdPowerShell.Engine.Client;
-using NbdPowerShell.Engine.Security;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell;
 
@@ -43,10 +43,10 @@ public abstract class NbdClientCmdlet : NbdCmdlet
     /// <summary>True when any TLS parameter was given.</summary>
     protected bool WantsTls => UseTls || CertificateAuthority is not null || ClientCertificate is not null || ClientCertificatePath is not null || SkipCertificateCheck;
 
-    /// <summary>The client TLS settings from the parameters; null when no TLS parameter was given and <paramref name="force"/> is false.</summary>
-    protected NbdClientTlsOptions? BuildTlsOptions(bool force = false)
+    /// <summary>The client TLS settings from the parameters (paths resolved); null when no TLS parameter was given.</summary>
+    protected ClientTlsSpec? BuildTlsSpec()
     {
-        if (!WantsTls && !force)
+        if (!WantsTls)
             return null;
         if (ClientCertificate is not null && ClientCertificatePath is not null)
             throw new ArgumentException("Give either -ClientCertificate or -ClientCertificatePath, not both.");
@@ -54,13 +54,12 @@ public abstract class NbdClientCmdlet : NbdCmdlet
             throw new ArgumentException("-ClientKeyPath needs -ClientCertificatePath.");
         if (ClientCertificate is { HasPrivateKey: false })
             throw new ArgumentException($"-ClientCertificate '{ClientCertificate.Subject}' has no private key, so it cannot authenticate this client.");
-        var client = ClientCertificate;
-        if (ClientCertificatePath is not null)
-            client = CertificateFiles.LoadWithKey(Resolve(ClientCertificatePath), ClientKeyPath is null ? null : Resolve(ClientKeyPath));
-        return new NbdClientTlsOptions
+        return new ClientTlsSpec
         {
-            CertificateAuthorities = CertificateAuthority is null ? null : CertificateFiles.LoadAuthorities(Resolve(CertificateAuthority)),
-            ClientCertificate = client,
+            CertificateAuthorityPath = CertificateAuthority is null ? null : Resolve(CertificateAuthority),
+            ClientCertificatePath = ClientCertificatePath is null ? null : Resolve(ClientCertificatePath),
+            ClientKeyPath = ClientKeyPath is null ? null : Resolve(ClientKeyPath),
+            ClientCertificate = ClientCertificate,
             SkipCertificateCheck = SkipCertificateCheck,
         };
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Management.Automation;
 using Microsoft.Extensions.Logging;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Kernel;
 
 namespace NbdPowerShell;
@@ -10,7 +11,7 @@ namespace NbdPowerShell;
 /// engine messages queued by <see cref="EngineLog"/> are written here, on the pipeline thread, as
 /// Verbose or Warning; waits show Write-Progress when they take a while.
 /// </summary>
-public abstract class NbdCmdlet : PSCmdlet, IDisposable
+public abstract partial class NbdCmdlet : PSCmdlet, IDisposable
 {
     private static int _nextProgressId = 0x4E4244;
     private readonly CancellationTokenSource _cancel = new();
@@ -107,7 +108,7 @@ public abstract class NbdCmdlet : PSCmdlet, IDisposable
         WriteError(ErrorRecords.From(exception, target));
     }
 
-    protected void WriteNbdError(string errorId, string message, object? target) =>
+    protected internal void WriteNbdError(string errorId, string message, object? target) =>
         WriteError(ErrorRecords.Create(errorId, message, target));
 
     internal void WriteNotFound(string target, string message) => WriteNbdError(ErrorIds.DeviceNotFound, message, target);
@@ -139,7 +140,7 @@ public abstract class NbdCmdlet : PSCmdlet, IDisposable
 
     /// <summary>True when an exception is an expected failure the catalogue knows (so it becomes an error record).</summary>
     protected static bool IsExpected(Exception exception) =>
-        exception is not PipelineStoppedException && (ErrorIds.Classify(exception) is not null || exception is NbdKernelException or IOException or TimeoutException);
+        exception is not PipelineStoppedException && ErrorIds.Classify(exception) is not null;
 
     /// <summary>Writes every failure of one input item as an error record, never letting it end the pipeline by surprise.</summary>
     protected bool TryRun(Action action, object? target)

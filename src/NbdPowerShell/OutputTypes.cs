@@ -4,8 +4,8 @@ namespace NbdPowerShell;
 // (Name, Device, Index, ComputerName, Port, ExportName, SocketPath), so piping binds by property name,
 // also for deserialized copies from jobs and remoting. Booleans carry the Is* prefix.
 
-/// <summary>An export served by this PowerShell process (Start-NbdExport, Get-NbdExport).</summary>
-public sealed class NbdExport
+/// <summary>An export served by this PowerShell process or by the NbdPowerShell service (Start-NbdExport, Get-NbdExport).</summary>
+public sealed record NbdExport
 {
     public string Name { get; init; } = "";
     public string Description { get; init; } = "";
@@ -16,16 +16,22 @@ public sealed class NbdExport
     public long Size { get; init; }
     public bool IsReadOnly { get; init; }
     public bool IsCopyOnWrite { get; init; }
-    /// <summary>Listening address; null for Unix-socket exports.</summary>
-    public string? ListenAddress { get; init; }
-    /// <summary>The TCP port really listened on (the chosen one when -Port 0 was given); 0 for Unix-socket exports.</summary>
+    /// <summary>The addresses of its TCP listeners; empty for Unix-socket-only exports.</summary>
+    public string[] ListenAddress { get; init; } = [];
+    /// <summary>The TCP port really listened on (the chosen one when -Port 0 was given); 0 for Unix-socket-only exports.</summary>
     public int Port { get; init; }
     public string? SocketPath { get; init; }
+    /// <summary>Every listener it is served on: "127.0.0.1:10809", "[::1]:10809", "/run/disk.sock".</summary>
+    public string[] Listeners { get; init; } = [];
     public string[] AllowedClient { get; init; } = [];
     public int MaxConnections { get; init; }
-    /// <summary>Running while served, Stopped once Stop-NbdExport (or module removal) ended it.</summary>
+    /// <summary>Running while served; Stopped once Stop-NbdExport (or module removal) ended it; Failed for a persistent export the service could not start.</summary>
     public string State { get; init; } = "Running";
+    /// <summary>Why a persistent export is not running (State Failed); null otherwise.</summary>
+    public string? StatusMessage { get; init; }
     public int ClientCount { get; init; }
+    /// <summary>Connections accepted since it started.</summary>
+    public long TotalConnections { get; init; }
     public DateTimeOffset StartTime { get; init; }
     public long BytesRead { get; init; }
     public long BytesWritten { get; init; }
@@ -40,6 +46,17 @@ public sealed class NbdExport
     public string? CertificateThumbprint { get; init; }
     /// <summary>Clients must present a certificate from -ClientCertificateAuthority (mutual TLS).</summary>
     public bool RequiresClientCertificate { get; init; }
+    /// <summary>Process (served by this PowerShell process, ends with it) or Service (served by the NbdPowerShell service).</summary>
+    public string Scope { get; init; } = "Process";
+    /// <summary>Kept in the service's configuration, so it comes back after a service restart or a reboot.</summary>
+    public bool IsPersistent { get; init; }
+    /// <summary>Process id of the process serving it (this pwsh, or the service).</summary>
+    public int ProcessId { get; init; }
+    /// <summary>
+    /// From Start-NbdExport and Stop-NbdExport: true when the command changed something, false when the export
+    /// already existed with this definition (Ansible's "changed"). Always false from Get-NbdExport.
+    /// </summary>
+    public bool Changed { get; init; }
 
     public override string ToString() => Uri;
 }
@@ -77,7 +94,7 @@ public sealed class NbdRemoteExport
 }
 
 /// <summary>An attached nbd device (Connect-NbdDevice, Get-NbdSession), whoever attached it.</summary>
-public sealed class NbdSession
+public sealed record NbdSession
 {
     public string Device { get; init; } = "";
     public int Index { get; init; }
@@ -85,29 +102,65 @@ public sealed class NbdSession
     public int? Port { get; init; }
     public string? ExportName { get; init; }
     public string? SocketPath { get; init; }
-    /// <summary>The NBD URI from the device's backend identifier, when it is one.</summary>
+    /// <summary>The NBD URI from the device's backend identifier (or its owner's record), when it is one.</summary>
     public string? Uri { get; init; }
     public long Size { get; init; }
     public int BlockSize { get; init; }
     public bool IsReadOnly { get; init; }
     public bool IsConnected { get; init; }
+    /// <summary>Connected, Broken (its owner lost the relay or socketpair it needs), Disconnected, or Failed (a persistent device the service could not take back).</summary>
+    public string State { get; init; } = "Connected";
+    /// <summary>Why the device is not Connected, in words you can act on.</summary>
+    public string? StatusMessage { get; init; }
     public int? Connections { get; init; }
     /// <summary>Request timeout in seconds, when the kernel shows it.</summary>
     public int? Timeout { get; init; }
     public string[] MountPoints { get; init; } = [];
     public string? BackendIdentifier { get; init; }
+    /// <summary>Nbd: the kernel's nbd driver.</summary>
+    public string Driver { get; init; } = "Nbd";
+    /// <summary>
+    /// Who owns the device: Process (this pwsh serves its export over a socket pair or runs its ioctl thread),
+    /// Service (the NbdPowerShell service relays or serves it), or null when no NbdPowerShell process does (the
+    /// kernel holds it alone, or another tool attached it).
+    /// </summary>
+    public string? Scope { get; init; }
+    /// <summary>Process id of the owner (this pwsh or the service); null when no NbdPowerShell process owns it.</summary>
+    public int? OwnerProcessId { get; init; }
+    /// <summary>Kept in the service's configuration and taken back after a service restart.</summary>
+    public bool IsPersistent { get; init; }
     /// <summary>True when an export of this PowerShell process serves the device.</summary>
     public bool IsServedByThisProcess { get; init; }
     /// <summary>True when the device reaches its server over TLS (its backend identifier is an nbds:// URI).</summary>
     public bool IsTls { get; init; }
-    /// <summary>True while this process relays the device's TLS traffic (the kernel has a socketpair end; the relay lives as long as the module).</summary>
+    /// <summary>True while an NbdPowerShell process (this one or the service) relays the device's TLS traffic.</summary>
     public bool IsTlsRelayed { get; init; }
-    /// <summary>Plain, TLS relay (this process), or TLS relay (another process).</summary>
+    /// <summary>
+    /// How the kernel's sockets reach the server: Plain, "TLS relay (this process)", "TLS relay (NbdPowerShell service,
+    /// pid N)", "TLS relay (another process)", "Local socket pair (this process)" or "Local socket pair (NbdPowerShell service, pid N)".
+    /// </summary>
     public string Transport { get; init; } = "Plain";
+    /// <summary>The server the device uses now (differs from Uri only after a failover).</summary>
+    public string? ActiveUri { get; init; }
     /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
     public string? Mode { get; init; }
+    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay.</summary>
+    public IReadOnlyDictionary<string, long> Counters { get; init; } = new Dictionary<string, long>();
+    /// <summary>What happened to the device, oldest first, as its owner recorded it.</summary>
+    public NbdSessionEvent[] History { get; init; } = [];
+    /// <summary>
+    /// From Connect-NbdDevice and Disconnect-NbdDevice: true when the command attached or detached a device, false
+    /// when the export was already attached and the existing session was returned (Ansible's "changed").
+    /// </summary>
+    public bool Changed { get; init; }
 
     public override string ToString() => Device;
+}
+
+/// <summary>One event in a device's life (NbdSession.History).</summary>
+public sealed record NbdSessionEvent(DateTimeOffset Time, string Event, string Message)
+{
+    public override string ToString() => $"{Time:yyyy-MM-dd HH:mm:ss} {Event}: {Message}";
 }
 
 /// <summary>One /dev/nbdN node and whether it is free (Get-NbdDevice).</summary>
@@ -123,4 +176,37 @@ public sealed class NbdDevice
     public string[] MountPoints { get; init; } = [];
 
     public override string ToString() => Device;
+}
+
+/// <summary>The NbdPowerShell service: whether it runs, where its files are, what it serves (Get-NbdService).</summary>
+public sealed record NbdService
+{
+    public bool IsRunning { get; init; }
+    public int? ProcessId { get; init; }
+    public string? Version { get; init; }
+    public DateTimeOffset? StartTime { get; init; }
+    public TimeSpan? Uptime { get; init; }
+    /// <summary>The control socket (root only): $NBDPOWERSHELL_RUNTIME_DIR/control.sock, by default /run/nbdpowershell/control.sock.</summary>
+    public string ControlSocket { get; init; } = "";
+    /// <summary>The configuration file with the persistent exports and devices.</summary>
+    public string ConfigurationPath { get; init; } = "";
+    public string RuntimeDirectory { get; init; } = "";
+    /// <summary>Where a service started on demand writes its log (under systemd: the journal).</summary>
+    public string LogPath { get; init; } = "";
+    public int ExportCount { get; init; }
+    public int DeviceCount { get; init; }
+    public int? ShutdownGraceSeconds { get; init; }
+    /// <summary>The running service was started by systemd (the unit Install-NbdService writes).</summary>
+    public bool IsSystemdManaged { get; init; }
+    /// <summary>The systemd unit file exists.</summary>
+    public bool IsInstalled { get; init; }
+    public string UnitPath { get; init; } = "";
+    /// <summary>systemd is this machine's init system (false in most containers and CI runners: there the service starts on demand).</summary>
+    public bool IsSystemdRunning { get; init; }
+    /// <summary>Configuration entries the service skipped and exports or devices that could not come back.</summary>
+    public string[] Problems { get; init; } = [];
+    /// <summary>From Start-NbdService, Stop-NbdService, Install-NbdService and Uninstall-NbdService: whether the command changed something.</summary>
+    public bool Changed { get; init; }
+
+    public override string ToString() => IsRunning ? $"NbdPowerShell service (pid {ProcessId})" : "NbdPowerShell service (not running)";
 }

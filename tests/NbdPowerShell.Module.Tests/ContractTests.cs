@@ -16,6 +16,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [
         "Start-NbdExport", "Get-NbdExport", "Stop-NbdExport", "Wait-NbdExport", "Find-NbdExport",
         "Connect-NbdDevice", "Get-NbdSession", "Disconnect-NbdDevice", "Get-NbdDevice",
+        "Get-NbdService", "Start-NbdService", "Stop-NbdService", "Install-NbdService", "Uninstall-NbdService",
     ];
 
     // cmdlet, parameter, set, type, mandatory, position, by value, by property name, aliases
@@ -28,7 +29,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Start-NbdExport", "Description", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Start-NbdExport", "ReadOnly", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Start-NbdExport", "CopyOnWrite", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
-        { "Start-NbdExport", "ListenAddress", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Start-NbdExport", "ListenAddress", "__AllParameterSets", "String[]", false, -1, false, false, "" },
+        { "Start-NbdExport", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Start-NbdExport", "Port", "__AllParameterSets", "Int32", false, -1, false, false, "" },
         { "Start-NbdExport", "SocketPath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Start-NbdExport", "AllowedClient", "__AllParameterSets", "String[]", false, -1, false, false, "" },
@@ -80,6 +82,17 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Connect-NbdDevice", "ClientCertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "ClientKeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Start-NbdExport", "Persistent", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Get-NbdExport", "Scope", "__AllParameterSets", "String", false, -1, false, true, "" },
+        { "Stop-NbdExport", "Scope", "Name", "String", false, -1, false, true, "" },
+        { "Connect-NbdDevice", "Persistent", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "NewDevice", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Stop-NbdService", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Stop-NbdService", "PassThru", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Install-NbdService", "Path", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Install-NbdService", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Uninstall-NbdService", "Path", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Uninstall-NbdService", "PassThru", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
     };
 
     [Fact]
@@ -117,6 +130,10 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [InlineData("Stop-NbdExport", "Medium")]
     [InlineData("Connect-NbdDevice", "Low")]
     [InlineData("Disconnect-NbdDevice", "Medium")]
+    [InlineData("Start-NbdService", "Low")]
+    [InlineData("Stop-NbdService", "Medium")]
+    [InlineData("Install-NbdService", "Medium")]
+    [InlineData("Uninstall-NbdService", "Medium")]
     public void ChangingCmdletsSupportShouldProcess(string cmdlet, string impact)
     {
         var a = BuiltModule.Attribute(_m.Cmdlets[cmdlet], "CmdletAttribute")!;
@@ -134,6 +151,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
             ["Start-NbdExport"] = "NbdExport", ["Get-NbdExport"] = "NbdExport", ["Stop-NbdExport"] = "NbdExport",
             ["Wait-NbdExport"] = "NbdExport", ["Find-NbdExport"] = "NbdRemoteExport", ["Connect-NbdDevice"] = "NbdSession",
             ["Get-NbdSession"] = "NbdSession", ["Disconnect-NbdDevice"] = "NbdSession", ["Get-NbdDevice"] = "NbdDevice",
+            ["Get-NbdService"] = "NbdService", ["Start-NbdService"] = "NbdService", ["Stop-NbdService"] = "NbdService",
+            ["Install-NbdService"] = "NbdService", ["Uninstall-NbdService"] = "NbdService",
         };
         foreach (var (name, type) in _m.Cmdlets)
         {
@@ -153,6 +172,8 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [InlineData("NbdRemoteExport", "Connect-NbdDevice", "Port")]
     [InlineData("NbdRemoteExport", "Connect-NbdDevice", "Name")]
     [InlineData("NbdDevice", "Get-NbdSession", "Device")]
+    [InlineData("NbdExport", "Stop-NbdExport", "Scope")]
+    [InlineData("NbdExport", "Get-NbdExport", "Scope")]
     public void OutputPropertiesBindByPropertyName(string outputType, string cmdlet, string property)
     {
         var type = _m.Assembly.GetType("NbdPowerShell." + outputType)!;
@@ -166,9 +187,10 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     {
         var expected = new Dictionary<string, string[]>
         {
-            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint"],
+            ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "Listeners", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint", "Scope", "IsPersistent", "Changed"],
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
-            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport"],
+            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "Changed"],
+            ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "Changed"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
         };
         foreach (var (name, properties) in expected)

@@ -1,229 +1,14 @@
-using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Hosting;
+using NbdPowerShell.Engine.Hosting.Devices;
+using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 using Xunit;
 
 namespace NbdPowerShell.Module.Tests;
-
-/// <summary>The module's logic that runs without a runspace: export host, error catalogue, log bridge, mapping.</summary>
-public sealed class ExportHostTests : IDisposable
-{
-    private readonly EngineLog _log = new();
-    private readonly ExportHost _host;
-
-    public ExportHostTests() => _host = new ExportHost(_log);
-
-    public void Dispose() => _host.Shutdown();
-
-    private static ExportRequest Memory(string name, int port = 0, long size = 1 << 20) =>
-        new() { Name = name, MemorySize = size, Port = port };
-
-    [Fact]
-    public void PortZeroIsReportedAndExportsOnOnePortShareTheListener()
-    {
-        var a = _host.Start(Memory("a"));
-        Assert.NotEqual(0, a.Port);
-        var b = _host.Start(Memory("b", a.Port));
-        Assert.Equal(a.Port, b.Port);
-        Assert.Equal($"nbd://127.0.0.1:{a.Port}/a", a.Uri);
-        var list = NbdClient.ListExportsAsync(NbdUri.ForTcp("127.0.0.1", a.Port)).GetAwaiter().GetResult();
-        Assert.Equal(["a", "b"], list.Select(e => e.Name).Order());
-        Assert.All(list, e => Assert.Equal(1 << 20, e.Size));
-    }
-
-    [Fact]
-    public void DuplicateNamesAreRefusedCaseInsensitively()
-    {
-        _host.Start(Memory("disk"));
-        var e = Assert.Throws<NbdServerException>(() => _host.Start(Memory("DISK")));
-        Assert.Equal(ErrorIds.ExportAlreadyExists, ErrorIds.Classify(e));
-    }
-
-    [Fact]
-    public void StoppingTheLastExportFreesThePort()
-    {
-        var a = _host.Start(Memory("only"));
-        var stopped = _host.StopAsync("only", force: false).GetAwaiter().GetResult();
-        Assert.Equal("Stopped", stopped.State);
-        Assert.True(_host.WhenStopped("only").IsCompleted);
-        Assert.Empty(_host.GetExports());
-        using var probe = new TcpListener(System.Net.IPAddress.Loopback, a.Port);
-        probe.Start();
-    }
-
-    [Fact]
-    public void StopRefusesWhileClientsAreConnectedUnlessForced()
-    {
-        var a = _host.Start(Memory("busy"));
-        using var connection = NbdClient.ConnectAsync("127.0.0.1", a.Port, "busy").GetAwaiter().GetResult();
-        WaitFor(() => _host.GetExport("busy")!.ClientCount == 1);
-        var e = Assert.ThrowsAny<Exception>(() => _host.StopAsync("busy", force: false).GetAwaiter().GetResult());
-        Assert.Equal(ErrorIds.ExportBusy, ErrorIds.Classify(e));
-        _host.StopAsync("busy", force: true).GetAwaiter().GetResult();
-        Assert.Null(_host.GetExport("busy"));
-    }
-
-    [Fact]
-    public void CtrlCDuringAForcedStopStillFreesTheNameAndTheFile()
-    {
-        string dir = Directory.CreateTempSubdirectory("nbdps-stop-").FullName;
-        string path = Path.Combine(dir, "disk.img");
-        File.WriteAllBytes(path, new byte[1 << 20]);
-        try
-        {
-            _host.Start(new ExportRequest { Name = "held", Path = path, Port = 0 });
-            var a = _host.GetExport("held")!;
-            var connection = NbdClient.ConnectAsync("127.0.0.1", a.Port, "held").GetAwaiter().GetResult();
-            WaitFor(() => _host.GetExport("held")!.ClientCount == 1);
-
-            // The idle client keeps the drain waiting; Ctrl+C arrives in the middle of it.
-            using var ctrlC = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
-            Assert.ThrowsAny<OperationCanceledException>(() => _host.StopAsync("held", force: true, ctrlC.Token).GetAwaiter().GetResult());
-
-            Assert.Null(_host.GetExport("held"));
-            _host.Start(Memory("held")); // the name is free again
-            connection.Dispose();
-            // The interrupted drain still finishes in the background and closes the file.
-            WaitFor(() => OpenDescriptorsOn(path) == 0);
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
-    }
-
-    private static int OpenDescriptorsOn(string path) =>
-        Directory.GetFiles("/proc/self/fd").Count(fd =>
-        {
-            try { return new FileInfo(fd).LinkTarget == path; }
-            catch (IOException) { return false; }
-        });
-
-    [Fact]
-    public void StopOfAnUnknownExportIsExportNotFound()
-    {
-        var e = Assert.ThrowsAny<Exception>(() => _host.StopAsync("nope", false).GetAwaiter().GetResult());
-        Assert.Equal(ErrorIds.ExportNotFound, ErrorIds.Classify(e));
-    }
-
-    [Fact]
-    public void LocalConnectionServesDataWithoutTcp()
-    {
-        _host.Start(Memory("local"));
-        var (socket, uri) = _host.OpenLocalConnectionAsync("local", default).GetAwaiter().GetResult();
-        Assert.Equal(AddressFamily.Unix, socket.AddressFamily);
-        using var connection = NbdClient.NegotiateAsync(socket, uri).GetAwaiter().GetResult();
-        var data = Enumerable.Range(0, 4096).Select(i => (byte)i).ToArray();
-        connection.WriteAsync(8192, data).GetAwaiter().GetResult();
-        var back = new byte[4096];
-        connection.ReadAsync(8192, back).GetAwaiter().GetResult();
-        Assert.Equal(data, back);
-        Assert.Equal(1 << 20, connection.Size);
-    }
-
-    [Fact]
-    public void CopyOnWriteNeverModifiesTheBase()
-    {
-        string file = Path.Combine(Path.GetTempPath(), $"nbdps-cow-{Guid.NewGuid():N}.img");
-        File.WriteAllBytes(file, new byte[1 << 20]);
-        try
-        {
-            var export = _host.Start(new ExportRequest { Name = "cow", Path = file, CopyOnWrite = true, Port = 0 });
-            Assert.True(export.IsCopyOnWrite);
-            Assert.False(export.IsReadOnly);
-            using (var c = NbdClient.ConnectAsync("127.0.0.1", export.Port, "cow").GetAwaiter().GetResult())
-            {
-                c.WriteAsync(0, new byte[] { 1, 2, 3, 4 }).GetAwaiter().GetResult();
-                var back = new byte[4];
-                c.ReadAsync(0, back).GetAwaiter().GetResult();
-                Assert.Equal(new byte[] { 1, 2, 3, 4 }, back);
-            }
-            _host.StopAsync("cow", force: true).GetAwaiter().GetResult();
-            Assert.All(File.ReadAllBytes(file).Take(4), b => Assert.Equal(0, b));
-        }
-        finally
-        {
-            File.Delete(file);
-        }
-    }
-
-    [Fact]
-    public void UnixSocketExportsGetTheirOwnServer()
-    {
-        string path = Path.Combine(Path.GetTempPath(), $"nbdps-{Guid.NewGuid():N}.sock");
-        var export = _host.Start(new ExportRequest { Name = "u", MemorySize = 65536, SocketPath = path });
-        Assert.Equal(path, export.SocketPath);
-        Assert.Null(export.ListenAddress);
-        Assert.StartsWith("nbd+unix:///u?socket=", export.Uri);
-        var list = NbdClient.ListExportsAsync(NbdUri.ForUnix(path)).GetAwaiter().GetResult();
-        Assert.Equal("u", Assert.Single(list).Name);
-    }
-
-    [Fact]
-    public void AllowedClientsAndMaxConnectionsReachTheServer()
-    {
-        var export = _host.Start(Memory("private") with { AllowedClient = ["10.0.0.0/8"] });
-        Assert.Equal(["10.0.0.0/8"], export.AllowedClient);
-        var list = NbdClient.ListExportsAsync(NbdUri.ForTcp("127.0.0.1", export.Port)).GetAwaiter().GetResult();
-        Assert.Empty(list);
-    }
-
-    [Fact]
-    public void BadListenAddressIsAnArgumentError()
-    {
-        var e = Assert.ThrowsAny<Exception>(() => _host.Start(Memory("x") with { ListenAddress = "not-an-ip" }));
-        Assert.Equal(ErrorIds.InvalidArgument, ErrorIds.Classify(e));
-        Assert.Empty(_host.GetExports());
-    }
-
-    [Fact]
-    public void BusyPortIsAddressInUse()
-    {
-        using var blocker = new TcpListener(System.Net.IPAddress.Loopback, 0);
-        blocker.Start();
-        int port = ((System.Net.IPEndPoint)blocker.LocalEndpoint).Port;
-        var e = Assert.ThrowsAny<Exception>(() => _host.Start(Memory("x", port)));
-        Assert.Equal(ErrorIds.AddressInUse, ErrorIds.Classify(e));
-    }
-
-    [Fact]
-    public void ShutdownStopsEverythingAndWarnsAboutAttachedDevices()
-    {
-        var a = _host.Start(Memory("one"));
-        _host.Start(Memory("two"));
-        _host.RecordLocalDevice("two", 5);
-        var warnings = _host.Shutdown(() => [(3, "/dev/nbd3", a.Uri, true), (5, "/dev/nbd5", null, true), (6, "/dev/nbd6", "nbd://elsewhere/x", true)]);
-        Assert.Equal(2, warnings.Count);
-        Assert.Contains(warnings, w => w.StartsWith("/dev/nbd3", StringComparison.Ordinal) && w.Contains("'one'"));
-        Assert.Contains(warnings, w => w.StartsWith("/dev/nbd5", StringComparison.Ordinal) && w.Contains("'two'"));
-        Assert.Empty(_host.GetExports());
-        Assert.True(_host.WhenStopped("one").IsCompleted);
-        Assert.Empty(_host.Shutdown());
-    }
-
-    [Fact]
-    public void EngineMessagesAreQueuedNotWritten()
-    {
-        _host.Start(Memory("logged"));
-        var texts = new List<string>();
-        while (_log.TryDequeue(out var m))
-            texts.Add(m.Text);
-        Assert.Contains(texts, t => t.Contains("logged"));
-    }
-
-    private static void WaitFor(Func<bool> condition)
-    {
-        var until = DateTime.UtcNow.AddSeconds(10);
-        while (!condition())
-        {
-            Assert.True(DateTime.UtcNow < until, "condition not met in 10 s");
-            Thread.Sleep(20);
-        }
-    }
-}
 
 public sealed class ErrorCatalogueTests
 {
@@ -248,6 +33,11 @@ public sealed class ErrorCatalogueTests
         Assert.Equal("NbdAddressInUse", ErrorIds.Classify(new NbdServerException(NbdServerError.AddressInUse, "m")));
         Assert.Equal("NbdPermissionDenied", ErrorIds.Classify(new StorageException(13, "m")));
         Assert.Equal("NbdPathNotFound", ErrorIds.Classify(new StorageException(2, "m")));
+        Assert.Equal("NbdServerStopped", ErrorIds.Classify(new NbdServerException(NbdServerError.Stopped, "m")));
+        Assert.Equal("NbdIOError", ErrorIds.Classify(new IOException("m")));
+        Assert.Equal("NbdTimeout", ErrorIds.Classify(new TimeoutException("m")));
+        Assert.Equal("NbdServiceUnavailable", ErrorIds.Classify(new NbdServiceNotRunningException("m")));
+        Assert.Equal("NbdExportBusy", ErrorIds.Classify(new NbdHostException("NbdExportBusy", "reported by the service")));
         Assert.Null(ErrorIds.Classify(new InvalidOperationException("a bug, not an expected failure")));
     }
 
@@ -288,7 +78,7 @@ public sealed class EngineLogTests
     }
 }
 
-public sealed class SessionMapperTests
+public sealed class OutputMapperTests
 {
     [Theory]
     [InlineData("/dev/nbd3", 3)]
@@ -296,7 +86,7 @@ public sealed class SessionMapperTests
     [InlineData("7", 7)]
     [InlineData("/dev/sda", null)]
     [InlineData("nbd", null)]
-    public void ParsesDeviceArguments(string text, int? index) => Assert.Equal(index, SessionMapper.ParseDevice(text));
+    public void ParsesDeviceArguments(string text, int? index) => Assert.Equal(index, Selection.ParseDevice(text));
 
     [Fact]
     public void SessionTakesHostPortAndExportFromTheBackendUri()
@@ -307,7 +97,9 @@ public sealed class SessionMapperTests
             BackendIdentifier = "nbd://nas01:10810/backup", Connections = 2, TimeoutSeconds = 30, MountPoints = ["/mnt/b"],
             Mode = AttachMode.Netlink,
         };
-        var s = SessionMapper.ToSession(info);
+        var s = OutputMapper.ToSession(info, null);
+        Assert.Null(s.Scope);
+        Assert.Equal("Connected", s.State);
         Assert.Equal(("/dev/nbd2", 2, "nas01", 10810, "backup"), (s.Device, s.Index, s.ComputerName, s.Port, s.ExportName));
         Assert.Equal("nbd://nas01:10810/backup", s.Uri);
         Assert.Equal(["/mnt/b"], s.MountPoints);
@@ -318,11 +110,69 @@ public sealed class SessionMapperTests
     [Fact]
     public void DevicesOfOtherToolsWithoutUriStillMap()
     {
-        var s = SessionMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false });
+        var s = OutputMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false }, null);
         Assert.Null(s.ComputerName);
         Assert.Null(s.Uri);
         Assert.Null(s.Mode);
-        var d = SessionMapper.ToDevice(new NbdDeviceInfo { Device = "/dev/nbd1", Index = 1, IsConnected = false, Size = 0, BlockSize = 0, IsReadOnly = false });
+        var d = OutputMapper.ToDevice(new NbdDeviceInfo { Device = "/dev/nbd1", Index = 1, IsConnected = false, Size = 0, BlockSize = 0, IsReadOnly = false });
         Assert.Equal("Free", d.State);
+    }
+
+    [Fact]
+    public void ServiceOwnedTlsDevicesSayWhoRelaysThemAndKeepItAfterDisconnect()
+    {
+        var info = new NbdDeviceInfo
+        {
+            Device = "/dev/nbd4", Index = 4, IsConnected = true, Size = 1 << 20, BlockSize = 4096, IsReadOnly = false,
+            BackendIdentifier = "nbds://nas01/secure", Mode = AttachMode.Netlink,
+        };
+        var owner = new DeviceStatus
+        {
+            Id = "abc", Kind = "kernel", Device = "/dev/nbd4", Index = 4, Uri = "nbds://nas01/secure", Transport = "TLS relay",
+            Scope = HostScope.Service, ProcessId = 4242, IsPersistent = true,
+            Counters = new Dictionary<string, long> { ["BytesToServer"] = 7 },
+            History = [new DeviceEvent(DateTimeOffset.Now, "Attached", "attached")],
+        };
+        var s = OutputMapper.ToSession(info, owner);
+        Assert.Equal(("Service", 4242, true, true), (s.Scope, s.OwnerProcessId!.Value, s.IsTlsRelayed, s.IsPersistent));
+        Assert.Equal("TLS relay (NbdPowerShell service, pid 4242)", s.Transport);
+        Assert.Equal(7, s.Counters["BytesToServer"]);
+        Assert.Equal("Attached", Assert.Single(s.History).Event);
+        // What Disconnect-NbdDevice -PassThru writes keeps every field but the state.
+        var after = s with { IsConnected = false, State = "Disconnected", Changed = true };
+        Assert.Equal((s.Transport, s.IsTls, s.IsTlsRelayed), (after.Transport, after.IsTls, after.IsTlsRelayed));
+        var broken = OutputMapper.ToSession(info, owner with { State = "Broken", Message = "relay ended" });
+        Assert.False(broken.IsTlsRelayed);
+        Assert.Equal("relay ended", broken.StatusMessage);
+    }
+
+    [Fact]
+    public void EveryExportPropertyIsMappedFromTheHostRecord()
+    {
+        var info = new ExportInfo
+        {
+            Name = "n", Description = "d", Path = "/p", Backend = "file:/p", Size = 5, IsReadOnly = true, IsCopyOnWrite = true,
+            ListenAddress = ["::1"], Port = 7, SocketPath = "/s", Listeners = ["[::1]:7", "/s"], AllowedClient = ["10.0.0.0/8"],
+            MaxConnections = 3, State = "Failed", StatusMessage = "m", ClientCount = 2, TotalConnections = 9, StartTime = DateTimeOffset.UnixEpoch.AddDays(1),
+            BytesRead = 11, BytesWritten = 12, Uri = "nbd://[::1]:7/n", TlsMode = "Allow", IsTlsOnly = true, CertificateSubject = "CN=x",
+            CertificateThumbprint = "AB", RequiresClientCertificate = true, Scope = HostScope.Service, IsPersistent = true, ProcessId = 99,
+        };
+        var export = OutputMapper.ToExport(info, changed: true);
+        foreach (var property in typeof(NbdExport).GetProperties())
+        {
+            if (property.Name == nameof(NbdExport.Changed))
+            {
+                Assert.True(export.Changed);
+                continue;
+            }
+            var source = typeof(ExportInfo).GetProperty(property.Name);
+            Assert.True(source is not null, $"NbdExport.{property.Name} has no source in ExportInfo");
+            object? expected = source!.GetValue(info);
+            object? actual = property.GetValue(export);
+            if (expected is System.Collections.IEnumerable list and not string)
+                Assert.Equal(list.Cast<object>(), ((System.Collections.IEnumerable)actual!).Cast<object>());
+            else
+                Assert.Equal(expected?.ToString(), actual?.ToString());
+        }
     }
 }

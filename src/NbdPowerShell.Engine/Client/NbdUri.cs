@@ -60,7 +60,8 @@ public sealed record NbdUri
 
     public static bool TryParse(string? text, [NotNullWhen(true)] out NbdUri? uri) => TryParse(text, out uri, out _);
 
-    private static bool TryParse(string? text, [NotNullWhen(true)] out NbdUri? uri, out string error)
+    /// <summary>Parses, or says in <paramref name="error"/> what is wrong.</summary>
+    public static bool TryParse(string? text, [NotNullWhen(true)] out NbdUri? uri, out string error)
     {
         uri = null;
         error = "empty";

@@ -87,8 +87,9 @@ internal static partial class Libc
     [LibraryImport(Lib, EntryPoint = "unlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Unlink(string path);
 
+    /// <summary>pread on a raw descriptor: see FileBlockStore for why reads skip the SafeHandle.</summary>
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
-    public static unsafe partial nint PRead(SafeFileHandle fd, byte* buffer, nuint count, long offset);
+    public static unsafe partial nint PRead(int fd, byte* buffer, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
     public static unsafe partial nint PWrite(SafeFileHandle fd, byte* buffer, nuint count, long offset);

@@ -4,12 +4,17 @@ namespace NbdPowerShell.Engine.Interop;
 
 internal static partial class Libc
 {
+    public const int EPIPE = 32;
     public const int MSG_NOSIGNAL = 0x4000;
+    /// <summary>More data follows: the kernel holds a partial segment back instead of sending a small packet.</summary>
+    public const int MSG_MORE = 0x8000;
     public const short POLLOUT = 0x004;
     public const short POLLERR = 0x008;
     public const int SOL_SOCKET = 1;
     /// <summary>SO_SNDTIMEO as x86_64 and arm64 define it (asm-generic; struct timeval of two longs).</summary>
     public const int SO_SNDTIMEO = 21;
+    /// <summary>Most iovecs one sendmsg takes (UIO_MAXIOV).</summary>
+    public const int IOV_MAX = 1024;
 
     [StructLayout(LayoutKind.Sequential)]
     public struct IoVec
@@ -40,6 +45,19 @@ internal static partial class Libc
 
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial nint sendmsg(int sockfd, MsgHdr* msg, int flags);
+
+    public const int F_SETPIPE_SZ = 1031;
+    public const int F_GETPIPE_SZ = 1032;
+    public const int O_CLOEXEC_PIPE = 0x80000;
+    public const uint SPLICE_F_MOVE = 1;
+    public const uint SPLICE_F_NONBLOCK = 2;
+
+    [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
+    public static unsafe partial int Pipe2(int* fds, int flags);
+
+    /// <summary>Moves pages between a pipe and a file or socket without copying them; offsets may be null (pipes, sockets).</summary>
+    [LibraryImport(Lib, EntryPoint = "splice", SetLastError = true)]
+    public static unsafe partial nint Splice(int fdIn, long* offIn, int fdOut, long* offOut, nuint length, uint flags);
 
 }
 

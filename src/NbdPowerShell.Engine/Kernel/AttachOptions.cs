@@ -15,10 +15,6 @@ public sealed record AttachOptions
     /// <summary>Recorded in /sys/block/nbdN/backend (netlink only); by convention the export's NBD URI.</summary>
     public string? BackendIdentifier { get; init; }
     public AttachMode Mode { get; init; } = AttachMode.Auto;
-    /// <summary>Remove the device node when it is disconnected (NBD_CFLAG_DESTROY_ON_DISCONNECT).</summary>
-    public bool DestroyOnDisconnect { get; init; }
-    /// <summary>Disconnect when the last opener closes the device (NBD_CFLAG_DISCONNECT_ON_CLOSE).</summary>
-    public bool DisconnectOnClose { get; init; }
     /// <summary>Bound on waiting for the device to show its size after CONNECT.</summary>
     public TimeSpan ReadyTimeout { get; init; } = TimeSpan.FromSeconds(30);
 }

@@ -10,6 +10,8 @@ public sealed record AttachResult
     public required int Connections { get; init; }
     public required bool IsReadOnly { get; init; }
     public string? BackendIdentifier { get; init; }
-    /// <summary>True when the connections run over TLS through relays in this process (see <see cref="TlsRelayRegistry"/>).</summary>
-    public bool IsTlsRelayed { get; init; }
+    /// <summary>The TLS relays of the connections (one each), owned by the caller; empty for plain connections.</summary>
+    public IReadOnlyList<TlsRelay> Relays { get; init; } = [];
+    /// <summary>True when the connections run over TLS through relays in this process.</summary>
+    public bool IsTlsRelayed => Relays.Count > 0;
 }

@@ -34,8 +34,6 @@ internal sealed class IoctlSession
 
     public static IoctlSession? Find(int index) => Active.TryGetValue(index, out var s) ? s : null;
 
-    public static IReadOnlyCollection<int> ActiveIndexes => Active.Keys.ToArray();
-
     /// <summary>Configures the device (the qemu-nbd / nbd-client -L order) and starts DO_IT.</summary>
     public static IoctlSession Start(int index, string devicePath, int socketFd, long size, int blockSize, ulong serverFlags, bool readOnly, TimeSpan? timeout)
     {

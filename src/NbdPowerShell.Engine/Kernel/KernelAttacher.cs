@@ -31,8 +31,9 @@ public sealed class KernelAttacher
     /// <summary>
     /// Attaches one export through one or more connections, all negotiated to the same export.
     /// Refuses more than one connection unless the export advertises CAN_MULTI_CONN.
-    /// TLS connections are attached through a <see cref="TlsRelay"/> each, kept in <see cref="TlsRelayRegistry"/>
-    /// until the device is disconnected; the backend identifier is then the nbds:// URI.
+    /// TLS connections are attached through a <see cref="TlsRelay"/> each, returned in <see cref="AttachResult.Relays"/>:
+    /// the caller owns them and must keep them running as long as the device should work (and stop them after
+    /// <see cref="DisconnectAsync"/>); the backend identifier is then the nbds:// URI.
     /// </summary>
     public async Task<AttachResult> AttachAsync(IReadOnlyList<NbdNegotiatedConnection> connections, AttachOptions options, CancellationToken ct = default)
     {
@@ -72,9 +73,8 @@ public sealed class KernelAttacher
             throw;
         }
         if (relays.Count == 0) return result;
-        TlsRelayRegistry.Register(result.Index, relays);
         _logger.LogInformation("{Device} reaches {Uri} through {Count} TLS relay(s) in this process", result.Device, first.Uri, relays.Count);
-        return result with { IsTlsRelayed = true };
+        return result with { Relays = relays };
     }
 
     /// <summary>
@@ -158,10 +158,7 @@ public sealed class KernelAttacher
         KernelPreconditions.EnsureModuleLoaded(_sysRoot);
         var info = Discovery.GetDevice(index) ?? throw new NbdDeviceNotFoundException(index, $"{DevicePath(index)} does not exist.");
         if (!info.IsConnected && info.Pid is null)
-        {
-            await TlsRelayRegistry.StopAsync(index, TimeSpan.Zero).ConfigureAwait(false);
             return;
-        }
         if (info.IsInUse && !force)
             throw new NbdDeviceMountedException(index, info.MountPoints, info.Holders,
                 $"{info.Device} is in use ({Describe(info)}); unmount it first or use force (pending writes will fail).");
@@ -190,8 +187,6 @@ public sealed class KernelAttacher
         var limit = timeout ?? DefaultDisconnectWait;
         if (!await WaitUntilFreeAsync(index, info.IsInUse ? TimeSpan.FromSeconds(Math.Min(5, limit.TotalSeconds)) : limit, ct).ConfigureAwait(false) && !info.IsInUse)
             throw new NbdDeviceBusyException(index, $"{DevicePath(index)} was told to disconnect but is still configured after {limit.TotalSeconds:0.#} s; a process may hold it open.");
-        // The kernel has closed its ends: the relays forward NBD_CMD_DISC, end TLS and stop; force the stragglers.
-        await TlsRelayRegistry.StopAsync(index, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         _logger.LogInformation("Disconnected {Device}", DevicePath(index));
     }
 
@@ -220,8 +215,6 @@ public sealed class KernelAttacher
 
     private int ConnectNetlink(NbdNetlinkFamily family, IReadOnlyList<Socket> sockets, long size, int blockSize, TransmissionFlags serverFlags, AttachOptions options)
     {
-        ulong clientFlags = (options.DestroyOnDisconnect ? NbdNetlinkFamily.CFLAG_DESTROY_ON_DISCONNECT : 0)
-            | (options.DisconnectOnClose ? NbdNetlinkFamily.CFLAG_DISCONNECT_ON_CLOSE : 0);
         var request = new NbdNetlinkFamily.ConnectRequest
         {
             Index = options.Index,
@@ -231,7 +224,6 @@ public sealed class KernelAttacher
             ServerFlags = (ulong)serverFlags,
             TimeoutSeconds = options.Timeout is { } t ? (ulong)Math.Max(1, Math.Ceiling(t.TotalSeconds)) : null,
             DeadConnTimeoutSeconds = options.DeadConnectionTimeout is { } d ? (ulong)Math.Max(0, Math.Ceiling(d.TotalSeconds)) : null,
-            ClientFlags = clientFlags,
             BackendIdentifier = options.BackendIdentifier,
         };
         try { return family.Connect(request); }

@@ -21,9 +21,12 @@ public static class KernelPreconditions
     public static void EnsureAdmin()
     {
         EnsureLinux();
-        if (Libc.GetEuid() == 0 || HasCapSysAdmin()) return;
+        if (IsAdmin()) return;
         throw new NbdPermissionDeniedException("Attaching or detaching NBD devices must run as root (CAP_SYS_ADMIN); run PowerShell with sudo.");
     }
+
+    /// <summary>Root, or CAP_SYS_ADMIN in the effective set: what mounting, loop devices and the nbd driver check.</summary>
+    internal static bool IsAdmin() => Libc.GetEuid() == 0 || HasCapSysAdmin();
 
     /// <summary>Loads nbd with modprobe once per process if /sys/module/nbd is missing.</summary>
     public static void EnsureModuleLoaded(string sysRoot = "/sys")

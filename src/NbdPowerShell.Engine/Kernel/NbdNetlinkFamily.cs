@@ -36,11 +36,6 @@ internal sealed class NbdNetlinkFamily : IDisposable
     public const ushort DEVICE_INDEX = 1;
     public const ushort DEVICE_CONNECTED = 2;
 
-    /// <summary>NBD_CFLAG_DESTROY_ON_DISCONNECT: remove the device when it is disconnected.</summary>
-    public const ulong CFLAG_DESTROY_ON_DISCONNECT = 1 << 0;
-    /// <summary>NBD_CFLAG_DISCONNECT_ON_CLOSE: disconnect when the last opener closes the device.</summary>
-    public const ulong CFLAG_DISCONNECT_ON_CLOSE = 1 << 1;
-
     private readonly GenericNetlinkSocket _socket;
     private readonly ushort _familyId;
 

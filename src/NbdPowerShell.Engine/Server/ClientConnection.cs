@@ -30,10 +30,11 @@ internal sealed class ClientConnection
     private volatile bool _stopping;
     private int _disposed;
 
-    public ClientConnection(NbdServer server, NbdTransport transport, ILogger log, int maxInFlight)
+    public ClientConnection(NbdServer server, NbdTransport transport, ConnectionOrigin origin, ILogger log, int maxInFlight)
     {
         Id = Interlocked.Increment(ref s_nextId);
         _server = server;
+        Origin = origin;
         _transport = transport;
         _log = log;
         _maxInFlight = maxInFlight;
@@ -42,9 +43,15 @@ internal sealed class ClientConnection
     }
 
     public long Id { get; }
+    /// <summary>The listener (and so the TLS rules) this client came through.</summary>
+    public ConnectionOrigin Origin { get; }
     public string ClientAddress { get; }
     public EndPoint? RemoteEndPoint => _transport.RemoteEndPoint;
     public DateTimeOffset ConnectedAt { get; } = DateTimeOffset.UtcNow;
+    /// <summary>
+    /// This connection's counters, written only by its own threads; the export's figures are the
+    /// sum over its connections, so connections to one export share no counter cache line.
+    /// </summary>
     public IoCounters Counters { get; } = new();
     public Task Closed => _closed.Task;
     public bool InTransmission => _session != null;
@@ -132,23 +139,32 @@ internal sealed class ClientConnection
         var export = session.Export;
         var flags = export.FlagsFor(session.StructuredReplies);
         var reader = session.Reader;
-        _writer = new ReplyWriter(session.Transport);
-        // Non-blocking (memory) stores run inline; blocking ones on this connection's workers, concurrently.
-        var workers = (export.Store.Capabilities & StoreCapabilities.NonBlocking) != 0
-            ? null
-            : new RequestWorkers(_server.Options.WorkerThreads, _maxInFlight, $"nbd-conn-{Id}");
+        _writer = new ReplyWriter(session.Transport, _server.Options.FileReadSplicing);
+        // Threads start on demand: a memory export whose requests all run inline never starts one.
+        var workers = new RequestWorkers(_server.Options.WorkerThreads, _maxInFlight, $"nbd-conn-{Id}");
         try
         {
             ReadRequests(session, export, flags, reader, workers);
         }
         finally
         {
-            workers?.Close();
+            workers.Close();
         }
     }
 
-    private void ReadRequests(NegotiatedSession session, ServedExport export, TransmissionFlags flags, BufferedReader reader, RequestWorkers? workers)
+    /// <summary>
+    /// Memory reads from this size go to a worker, so the send of one large reply runs on another
+    /// core while the reader takes in the next requests; below it the hand-off costs more than the
+    /// copy (measured: see docs/performance.md).
+    /// </summary>
+    internal static int ParallelMemoryReadMinimum = 256 * 1024;
+
+    private void ReadRequests(NegotiatedSession session, ServedExport export, TransmissionFlags flags, BufferedReader reader, RequestWorkers workers)
     {
+        var store = export.Store;
+        // Non-blocking (memory) stores run inline, blocking ones on this connection's workers, concurrently.
+        bool nonBlocking = (store.Capabilities & StoreCapabilities.NonBlocking) != 0;
+        var pinned = store as IPinnedMemoryStore;
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
@@ -174,58 +190,80 @@ internal sealed class ClientConnection
 
             var error = RequestValidator.Validate(command, cmdFlags, offset, length, export.Size, flags,
                 session.StructuredReplies, session.BaseAllocationContextId != null);
-
-            byte[]? payload = null;
-            if (command == NbdCommand.Write)
+            if (command == NbdCommand.Write && error != NbdError.None && length > NbdLimits.AbsurdPayload)
             {
-                if (error != NbdError.None)
-                {
-                    // Drain the payload so the stream stays in sync, unless the length is absurd.
-                    if (length > NbdLimits.AbsurdPayload)
-                    {
-                        _log.LogWarning("Client {Client} announced a {Length}-byte write; disconnecting", ClientAddress, length);
-                        return;
-                    }
-                    reader.Skip(length);
-                }
-                else
-                {
-                    payload = ArrayPool<byte>.Shared.Rent(Math.Max((int)length, 1));
-                    try
-                    {
-                        reader.ReadExactly(payload.AsSpan(0, (int)length));
-                    }
-                    catch
-                    {
-                        ArrayPool<byte>.Shared.Return(payload);
-                        throw;
-                    }
-                }
+                _log.LogWarning("Client {Client} announced a {Length}-byte write; disconnecting", ClientAddress, length);
+                return;
             }
 
+            // Take the slot before looking at _stopping: StopAsync sets the flag and then waits for
+            // in-flight requests, so a request either counts as in flight or sees the flag. Both come
+            // before the payload is read, so a write refused at shutdown never reaches a store that
+            // receives payloads in place.
+            _slots.Wait();
             var request = RentRequest();
             request.Command = command;
             request.Flags = cmdFlags;
             request.Cookie = cookie;
             request.Offset = offset;
             request.Length = length;
-            request.Payload = payload;
-
-            // Take the slot before looking at _stopping: StopAsync sets the flag and then waits for
-            // in-flight requests, so a request either counts as in flight or sees the flag.
-            _slots.Wait();
             if (error == NbdError.None && _stopping)
                 error = NbdError.Shutdown;
+            if (command == NbdCommand.Write)
+            {
+                try
+                {
+                    ReadPayload(request, reader, pinned, error);
+                }
+                catch
+                {
+                    Complete(request);
+                    throw;
+                }
+            }
             if (error != NbdError.None)
             {
-                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, export.Counters, Counters);
+                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, Counters);
                 Complete(request);
                 continue;
             }
-            if (workers == null)
+            if (nonBlocking && (command != NbdCommand.Read || length < ParallelMemoryReadMinimum))
                 Execute(request);
             else
                 workers.Enqueue(request);
+        }
+    }
+
+    /// <summary>
+    /// Reads a WRITE payload: drained when the request is refused (so the stream stays in sync),
+    /// received straight into a memory store's chunks, or into a pooled buffer for the store to write.
+    /// </summary>
+    private static void ReadPayload(NbdRequest request, BufferedReader reader, IPinnedMemoryStore? pinned, NbdError error)
+    {
+        int length = (int)request.Length;
+        if (error != NbdError.None)
+        {
+            reader.Skip(request.Length);
+        }
+        else if (pinned != null)
+        {
+            var segments = request.Segments;
+            pinned.GetWriteSegments((long)request.Offset, length, segments);
+            try
+            {
+                foreach (var segment in segments)
+                    reader.ReadExactly(segment.Chunk.AsSpan(segment.Offset, segment.Length));
+            }
+            finally
+            {
+                segments.Clear();
+            }
+            request.PayloadInStore = true;
+        }
+        else
+        {
+            request.Payload = ArrayPool<byte>.Shared.Rent(length);
+            reader.ReadExactly(request.Payload.AsSpan(0, length));
         }
     }
 
@@ -236,12 +274,12 @@ internal sealed class ClientConnection
         try
         {
             RequestExecutor.Run(request, session.Export.Store, _writer, session.StructuredReplies,
-                session.BaseAllocationContextId, session.Export.Counters, Counters);
+                session.BaseAllocationContextId, Counters);
         }
         catch (Exception e)
         {
             _log.LogError(e, "Request {Command} from {Client} failed unexpectedly", request.Command, ClientAddress);
-            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, session.Export.Counters, Counters); }
+            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, Counters); }
             catch (Exception) { _transport.Shutdown(); }
         }
         finally
@@ -263,6 +301,7 @@ internal sealed class ClientConnection
             ArrayPool<byte>.Shared.Return(request.Payload);
             request.Payload = null;
         }
+        request.PayloadInStore = false;
         lock (_pool)
             _pool.Push(request);
         _slots.Release();

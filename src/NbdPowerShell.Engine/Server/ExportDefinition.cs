@@ -33,4 +33,7 @@ public sealed class ExportDefinition
 
     /// <summary>Clients allowed to use this export; null = everyone the server admits.</summary>
     public AddressFilter? AllowedClients { get; init; }
+
+    /// <summary>The listeners whose clients see this export; null = every listener. Sockets handed in directly see it always.</summary>
+    public IReadOnlyCollection<Listener>? Listeners { get; init; }
 }

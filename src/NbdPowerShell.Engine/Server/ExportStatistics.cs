@@ -17,6 +17,20 @@ internal sealed class IoCounters
         Interlocked.Add(ref BytesWritten, bytes);
     }
 
+    /// <summary>Adds another set's current values (for sums over connections).</summary>
+    public void Add(IoCounters other)
+    {
+        Interlocked.Add(ref Reads, Volatile.Read(ref other.Reads));
+        Interlocked.Add(ref Writes, Volatile.Read(ref other.Writes));
+        Interlocked.Add(ref Flushes, Volatile.Read(ref other.Flushes));
+        Interlocked.Add(ref Trims, Volatile.Read(ref other.Trims));
+        Interlocked.Add(ref Zeroes, Volatile.Read(ref other.Zeroes));
+        Interlocked.Add(ref BlockStatus, Volatile.Read(ref other.BlockStatus));
+        Interlocked.Add(ref Errors, Volatile.Read(ref other.Errors));
+        Interlocked.Add(ref BytesRead, Volatile.Read(ref other.BytesRead));
+        Interlocked.Add(ref BytesWritten, Volatile.Read(ref other.BytesWritten));
+    }
+
     public IoStatistics Snapshot() => new(
         Volatile.Read(ref Reads), Volatile.Read(ref Writes), Volatile.Read(ref Flushes), Volatile.Read(ref Trims),
         Volatile.Read(ref Zeroes), Volatile.Read(ref BlockStatus), Volatile.Read(ref Errors),

@@ -4,17 +4,23 @@ using Microsoft.Extensions.Logging;
 
 namespace NbdPowerShell.Engine.Server;
 
-/// <summary>A listening TCP or Unix socket whose accepted clients are handed to the server.</summary>
-internal sealed class Listener : IDisposable
+/// <summary>
+/// A listening TCP or Unix socket whose accepted clients are handed to the server. Each listener has its own
+/// TLS settings (exports on it share them), and exports can be limited to some listeners.
+/// </summary>
+public sealed class Listener
 {
+    private static long s_nextId;
     private readonly Socket _socket;
     private readonly NbdServer _server;
     private readonly ILogger _log;
     private readonly string? _unixPath;
     private Task? _acceptLoop;
 
-    private Listener(Socket socket, NbdServer server, ILogger log, string? unixPath)
+    private Listener(Socket socket, NbdServer server, ILogger log, string? unixPath, TlsOptions? tls)
     {
+        Id = Interlocked.Increment(ref s_nextId);
+        Tls = tls;
         _socket = socket;
         _server = server;
         _log = log;
@@ -22,9 +28,15 @@ internal sealed class Listener : IDisposable
         EndPoint = socket.LocalEndPoint!;
     }
 
+    public long Id { get; }
+
+    /// <summary>The bound endpoint (with the chosen port when 0 was asked for).</summary>
     public EndPoint EndPoint { get; }
 
-    public static Listener Tcp(IPEndPoint endPoint, NbdServer server, ILogger log)
+    /// <summary>TLS settings of connections accepted here; null offers no STARTTLS.</summary>
+    public TlsOptions? Tls { get; }
+
+    internal static Listener Tcp(IPEndPoint endPoint, NbdServer server, ILogger log, TlsOptions? tls)
     {
         var socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
@@ -48,10 +60,10 @@ internal sealed class Listener : IDisposable
                 _ => new NbdServerException(NbdServerError.InvalidAddress, $"Cannot listen on {endPoint}: {e.Message}", e),
             };
         }
-        return new Listener(socket, server, log, null);
+        return new Listener(socket, server, log, null, tls);
     }
 
-    public static Listener Unix(string path, UnixFileMode mode, NbdServer server, ILogger log)
+    internal static Listener Unix(string path, UnixFileMode mode, NbdServer server, ILogger log, TlsOptions? tls)
     {
         path = Path.GetFullPath(path);
         RemoveStaleSocket(path);
@@ -73,7 +85,7 @@ internal sealed class Listener : IDisposable
                 _ => new NbdServerException(NbdServerError.InvalidAddress, $"Cannot listen on {path}: {e.Message}", e),
             };
         }
-        return new Listener(socket, server, log, path);
+        return new Listener(socket, server, log, path, tls);
     }
 
     /// <summary>A socket file nobody listens on is left over from a crash; one that answers is in use.</summary>
@@ -100,7 +112,7 @@ internal sealed class Listener : IDisposable
         throw new NbdServerException(NbdServerError.AddressInUse, $"Another server is listening on {path}.");
     }
 
-    public void Start() => _acceptLoop = Task.Run(AcceptLoop);
+    internal void Start() => _acceptLoop = Task.Run(AcceptLoop);
 
     private async Task AcceptLoop()
     {
@@ -124,7 +136,7 @@ internal sealed class Listener : IDisposable
             }
             try
             {
-                _server.Accept(client);
+                _server.Accept(client, this);
             }
             catch (Exception e)
             {
@@ -134,7 +146,8 @@ internal sealed class Listener : IDisposable
         }
     }
 
-    public void Dispose()
+    /// <summary>Stops accepting; connections already accepted carry on.</summary>
+    internal void Close()
     {
         _socket.Dispose();
         try { _acceptLoop?.Wait(TimeSpan.FromSeconds(5)); }

@@ -21,8 +21,14 @@ internal sealed class NbdRequest
     /// <summary>WRITE payload, rented from the shared pool; returned when the request completes.</summary>
     public byte[]? Payload;
 
+    /// <summary>The payload is already in the store: received straight into a memory store's chunks.</summary>
+    public bool PayloadInStore;
+
     /// <summary>Reused extent list for block status and hole-aware reads.</summary>
     public readonly List<Extent> Extents = new();
+
+    /// <summary>Reused list of memory-store segments a read sends or a write receives into; cleared after use so it holds no chunk.</summary>
+    public readonly List<MemorySegment> Segments = new();
 
     public void Execute() => Connection.Execute(this);
 }

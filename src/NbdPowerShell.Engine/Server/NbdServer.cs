@@ -41,8 +41,8 @@ public sealed class NbdServer : IAsyncDisposable
     public void AddExport(ExportDefinition export)
     {
         ThrowIfStopping();
-        if (export.TlsOnly && Options.Tls == null)
-            throw new ArgumentException($"Export '{export.Name}' is TLS-only but the server has no TLS certificate.", nameof(export));
+        if (export.TlsOnly && (export.Listeners is { } only ? only.Any(l => l.Tls == null) : Options.Tls == null))
+            throw new ArgumentException($"Export '{export.Name}' is TLS-only but {(export.Listeners is null ? "the server has" : "one of its listeners has")} no TLS certificate.", nameof(export));
         if (!_exports.TryAdd(export.Name, new ServedExport(export)))
             throw new NbdServerException(NbdServerError.ExportAlreadyExists,
                 $"An export named '{export.Name}' is already served here; choose another name or stop it first.");
@@ -68,13 +68,27 @@ public sealed class NbdServer : IAsyncDisposable
         _log.LogInformation("Stopped serving export '{Name}'", name);
     }
 
-    /// <summary>Stops connections gracefully, waits (bounded) until they have closed, then disposes the store.</summary>
+    /// <summary>Stops connections gracefully, waits (bounded) until they have closed, then flushes and disposes the store.</summary>
     private async Task DrainAndDisposeAsync(Storage.IBlockStore store, IReadOnlyCollection<ClientConnection> connections)
     {
         await Task.WhenAll(connections.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
         // A connection finishes its in-flight requests before Closed completes; disposing the store
         // earlier would fail them with EIO.
         await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        FlushAndDispose(store);
+    }
+
+    /// <summary>A graceful stop leaves every write durable, as if the last client had sent FLUSH.</summary>
+    private void FlushAndDispose(Storage.IBlockStore store)
+    {
+        try
+        {
+            store.Flush();
+        }
+        catch (Exception e) when (e is Storage.StorageException or IOException or ObjectDisposedException)
+        {
+            _log.LogWarning("Flushing {Store} while stopping failed: {Message}", store.Description, e.Message);
+        }
         store.Dispose();
     }
 
@@ -83,43 +97,69 @@ public sealed class NbdServer : IAsyncDisposable
 
     public ExportSnapshot? GetExport(string name) => _exports.TryGetValue(name, out var e) ? e.Snapshot() : null;
 
-    /// <summary>Listens on TCP; returns the bound endpoint (with the chosen port when 0 was given).</summary>
-    public IPEndPoint ListenTcp(IPEndPoint endPoint)
+    /// <summary>Listens on TCP with the server's TLS settings; returns the bound endpoint (with the chosen port when 0 was given).</summary>
+    public IPEndPoint ListenTcp(IPEndPoint endPoint) => (IPEndPoint)AddTcpListener(endPoint, Options.Tls).EndPoint;
+
+    /// <summary>Listens on a Unix socket created with <paramref name="mode"/> (default owner read/write only), with the server's TLS settings.</summary>
+    public string ListenUnix(string path, UnixFileMode mode = UnixFileMode.UserRead | UnixFileMode.UserWrite) =>
+        ((UnixDomainSocketEndPoint)AddUnixListener(path, Options.Tls, mode).EndPoint).ToString();
+
+    /// <summary>Listens on TCP with its own TLS settings (null: no STARTTLS on this listener).</summary>
+    public Listener AddTcpListener(IPEndPoint endPoint, TlsOptions? tls)
     {
         ThrowIfStopping();
-        var listener = Listener.Tcp(endPoint, this, _log);
-        return (IPEndPoint)AddListener(listener);
+        return AddListener(Listener.Tcp(endPoint, this, _log, tls));
     }
 
-    /// <summary>Listens on a Unix socket created with <paramref name="mode"/> (default owner read/write only).</summary>
-    public string ListenUnix(string path, UnixFileMode mode = UnixFileMode.UserRead | UnixFileMode.UserWrite)
+    /// <summary>Listens on a Unix socket with its own TLS settings (null: no STARTTLS on this listener).</summary>
+    public Listener AddUnixListener(string path, TlsOptions? tls, UnixFileMode mode = UnixFileMode.UserRead | UnixFileMode.UserWrite)
     {
         ThrowIfStopping();
-        var listener = Listener.Unix(path, mode, this, _log);
-        AddListener(listener);
-        return ((UnixDomainSocketEndPoint)listener.EndPoint).ToString();
+        return AddListener(Listener.Unix(path, mode, this, _log, tls));
     }
 
-    private EndPoint AddListener(Listener listener)
+    private Listener AddListener(Listener listener)
     {
         lock (_listeners)
             _listeners.Add(listener);
         listener.Start();
         _log.LogInformation("Listening on {EndPoint}", listener.EndPoint);
-        return listener.EndPoint;
+        return listener;
+    }
+
+    /// <summary>Stops accepting on one listener (a Unix socket file is removed); its accepted connections carry on.</summary>
+    public void RemoveListener(Listener listener)
+    {
+        bool removed;
+        lock (_listeners)
+            removed = _listeners.Remove(listener);
+        if (!removed)
+            return;
+        listener.Close();
+        _log.LogInformation("Stopped listening on {EndPoint}", listener.EndPoint);
     }
 
     /// <summary>
-    /// Serves a socket that is already connected (e.g. one end of a socket pair whose other end goes
-    /// to the kernel). Completes when that connection closes.
+    /// Serves a socket that is already connected, under the server's TLS settings, seeing every export.
+    /// Completes when that connection closes.
     /// </summary>
     public Task ServeConnectedSocket(Socket socket)
     {
         ThrowIfStopping();
-        return Start(new SocketTransport(socket), checkAdmission: false);
+        return Start(new SocketTransport(socket), ConnectionOrigin.Connected(Options.Tls), checkAdmission: false);
     }
 
-    internal void Accept(Socket client)
+    /// <summary>
+    /// Serves one end of a socket pair the host made for its own kernel attach: no TLS (the bytes never leave
+    /// this process), every export visible, TLS-only ones included. Completes when that connection closes.
+    /// </summary>
+    public Task ServeLocalSocket(Socket socket)
+    {
+        ThrowIfStopping();
+        return Start(new SocketTransport(socket), ConnectionOrigin.Local, checkAdmission: false);
+    }
+
+    internal void Accept(Socket client, Listener listener)
     {
         var transport = new SocketTransport(client);
         if (IsStopping)
@@ -127,10 +167,10 @@ public sealed class NbdServer : IAsyncDisposable
             transport.Dispose();
             return;
         }
-        Start(transport, checkAdmission: true);
+        Start(transport, ConnectionOrigin.Accepted(listener), checkAdmission: true);
     }
 
-    private Task Start(NbdTransport transport, bool checkAdmission)
+    private Task Start(NbdTransport transport, ConnectionOrigin origin, bool checkAdmission)
     {
         var remote = transport.RemoteEndPoint;
         if (checkAdmission)
@@ -148,7 +188,7 @@ public sealed class NbdServer : IAsyncDisposable
                 return Task.CompletedTask;
             }
         }
-        var connection = new ClientConnection(this, transport, _log, Options.MaxRequestsInFlight);
+        var connection = new ClientConnection(this, transport, origin, _log, Options.MaxRequestsInFlight);
         _connections[connection.Id] = connection;
         connection.Start();
         return connection.Closed;
@@ -159,8 +199,10 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Finds an export for a client, or says which option error to send.</summary>
     internal ServedExport? ResolveExport(string name, ClientConnection client, bool tls, out NbdOptionReplyType error, out string? message)
     {
-        bool selectiveTls = !tls && Options.Tls?.Mode == TlsMode.Allow && _exports.Values.Any(e => e.Definition.TlsOnly);
-        if (!_exports.TryGetValue(name, out var export))
+        var origin = client.Origin;
+        tls |= origin.IsTrusted;
+        bool selectiveTls = !tls && origin.Tls?.Mode == TlsMode.Allow && _exports.Values.Any(e => e.Definition.TlsOnly && IsVisibleOn(e, origin));
+        if (!_exports.TryGetValue(name, out var export) || !IsVisibleOn(export, origin))
         {
             // SELECTIVETLS: a plain client must not learn which names exist behind TLS.
             error = selectiveTls ? NbdOptionReplyType.ErrTlsRequired : NbdOptionReplyType.ErrUnknown;
@@ -189,8 +231,13 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Exports a client may see in LIST: those it would be allowed to use.</summary>
     internal IEnumerable<ServedExport> ExportsVisibleTo(ClientConnection client, bool tls) =>
         _exports.Values
-            .Where(e => (e.Definition.AllowedClients?.Allows(client.RemoteEndPoint) ?? true) && (tls || !e.Definition.TlsOnly))
+            .Where(e => IsVisibleOn(e, client.Origin) && (e.Definition.AllowedClients?.Allows(client.RemoteEndPoint) ?? true)
+                && (tls || client.Origin.IsTrusted || !e.Definition.TlsOnly))
             .OrderBy(e => e.Name, StringComparer.Ordinal);
+
+    /// <summary>An export limited to some listeners does not exist for clients of the others.</summary>
+    private static bool IsVisibleOn(ServedExport export, ConnectionOrigin origin) =>
+        export.Definition.Listeners is not { } only || origin.Listener is not { } listener || only.Contains(listener);
 
     /// <summary>
     /// Graceful stop: listeners close, new options get ERR_SHUTDOWN and new requests ESHUTDOWN,
@@ -207,12 +254,13 @@ public sealed class NbdServer : IAsyncDisposable
             _listeners.Clear();
         }
         foreach (var listener in listeners)
-            listener.Dispose();
+            listener.Close();
         var connections = _connections.Values.ToArray();
         await Task.WhenAll(connections.Select(c => c.StopAsync(Options.StopGracePeriod))).ConfigureAwait(false);
-        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(TimeSpan.FromSeconds(30))).ConfigureAwait(false);
+        // The sockets are shut down: what is left is requests stuck in a store, which the grace period bounds too.
+        await Task.WhenAny(Task.WhenAll(connections.Select(c => c.Closed)), Task.Delay(Options.StopGracePeriod)).ConfigureAwait(false);
         foreach (var export in _exports.Values)
-            export.Store.Dispose();
+            FlushAndDispose(export.Store);
         _exports.Clear();
         _log.LogInformation("Server stopped");
     }

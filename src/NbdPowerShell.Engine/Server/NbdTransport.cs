@@ -1,4 +1,5 @@
 using System.Net;
+using NbdPowerShell.Engine.Storage;
 
 namespace NbdPowerShell.Engine.Server;
 
@@ -16,6 +17,27 @@ internal abstract class NbdTransport : IDisposable
 
     /// <summary>Sends head then body as one message.</summary>
     public abstract void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body);
+
+    /// <summary>
+    /// True when <see cref="WriteFile"/> and <see cref="WriteGather"/> hand data to the kernel
+    /// without a copy in user space (plain sockets). TLS has to encrypt in user space anyway, so
+    /// it copies through <see cref="Write"/>.
+    /// </summary>
+    public virtual bool ZeroCopy => false;
+
+    /// <summary>
+    /// Sends head, then <paramref name="count"/> bytes of the file at <paramref name="offset"/>
+    /// (zeroes past its end), of which the first <see cref="SplicePipe.Buffered"/> are already in the pipe.
+    /// </summary>
+    public virtual void WriteFile(ReadOnlySpan<byte> head, SplicePipe pipe, int descriptor, long offset, int count) =>
+        throw new NotSupportedException("This transport copies; check ZeroCopy first.");
+
+    /// <summary>The peer runs on this host (loopback, Unix socket, socket pair); see <see cref="FileReadSplicing"/>.</summary>
+    public virtual bool PeerIsLocal => true;
+
+    /// <summary>Sends head, then the segments in order (holes as zeroes), as one message.</summary>
+    public virtual void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments) =>
+        throw new NotSupportedException("This transport copies; check ZeroCopy first.");
 
     /// <summary>Stops both directions so a blocked reader wakes up.</summary>
     public abstract void Shutdown();

@@ -98,7 +98,7 @@ internal sealed class OptionNegotiator
                 continue;
             }
 
-            if (!_tls && _server.Options.Tls?.Mode == TlsMode.Require && option is not (NbdOption.StartTls or NbdOption.Abort))
+            if (!_tls && _connection.Origin.Tls?.Mode == TlsMode.Require && option is not (NbdOption.StartTls or NbdOption.Abort))
             {
                 // FORCEDTLS: nothing but STARTTLS and ABORT before the upgrade; EXPORT_NAME cannot carry the error.
                 if (option == NbdOption.ExportName)
@@ -201,7 +201,7 @@ internal sealed class OptionNegotiator
     /// <summary>Returns false when the connection must end (failed TLS handshake or a client that did not wait for the ACK).</summary>
     private bool HandleStartTls(byte[] data)
     {
-        var tls = _server.Options.Tls;
+        var tls = _connection.Origin.Tls;
         if (data.Length != 0)
         {
             Reply(NbdOption.StartTls, NbdOptionReplyType.ErrInvalid, "STARTTLS takes no data");

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Storage;
 
@@ -23,9 +24,15 @@ internal static class RequestExecutor
     /// send holes as OFFSET_HOLE.
     /// </summary>
     private const int HoleAwareReadMinimum = 4 * 1024 * 1024;
+    /// <summary>
+    /// From this size file reads are spliced (page cache to socket, no copy in user space); below
+    /// it pread into a pooled buffer and one sendmsg cost fewer syscalls than a header send and two
+    /// splices, and the copy of a few KiB is cheap.
+    /// </summary>
+    internal static int SpliceMinimum = 64 * 1024;
 
     public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
-        IoCounters exportCounters, IoCounters connectionCounters)
+        IoCounters counters)
     {
         bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
         long offset = (long)request.Offset;
@@ -36,49 +43,41 @@ internal static class RequestExecutor
             {
                 case NbdCommand.Read:
                     if (structured)
-                        StructuredRead(request, store, writer, exportCounters, connectionCounters);
+                        StructuredRead(request, store, writer, counters);
                     else
-                        SimpleRead(request, store, writer, exportCounters, connectionCounters);
+                        SimpleRead(request, store, writer, counters);
                     return NbdError.None;
 
                 case NbdCommand.Write:
-                    store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
-                    exportCounters.CountWrite(length);
-                    connectionCounters.CountWrite(length);
+                    // A memory store's payload was received straight into its chunks by the reader.
+                    if (!request.PayloadInStore)
+                        store.Write(offset, request.Payload.AsSpan(0, (int)length), fua);
+                    counters.CountWrite(length);
                     break;
 
                 case NbdCommand.Flush:
                     store.Flush();
-                    Interlocked.Increment(ref exportCounters.Flushes);
-                    Interlocked.Increment(ref connectionCounters.Flushes);
+                    Interlocked.Increment(ref counters.Flushes);
                     break;
 
                 case NbdCommand.Trim:
-                    if (length > 0)
-                        store.Trim(offset, length, fua);
-                    Interlocked.Increment(ref exportCounters.Trims);
-                    Interlocked.Increment(ref connectionCounters.Trims);
+                    store.Trim(offset, length, fua);
+                    Interlocked.Increment(ref counters.Trims);
                     break;
 
                 case NbdCommand.WriteZeroes:
-                    if (length > 0)
-                        store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
-                            fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
-                    Interlocked.Increment(ref exportCounters.Zeroes);
-                    Interlocked.Increment(ref connectionCounters.Zeroes);
+                    store.WriteZeroes(offset, length, mayPunch: (request.Flags & NbdCommandFlags.NoHole) == 0,
+                        fastOnly: (request.Flags & NbdCommandFlags.FastZero) != 0, fua);
+                    Interlocked.Increment(ref counters.Zeroes);
                     break;
 
                 case NbdCommand.Cache:
-                    if (length > 0)
-                        store.Cache(offset, length);
+                    store.Cache(offset, length);
                     break;
 
                 case NbdCommand.BlockStatus:
-                    if (length == 0)
-                        return Fail(request, writer, structured, NbdError.Invalid, exportCounters, connectionCounters);
                     BlockStatus(request, store, writer, contextId!.Value);
-                    Interlocked.Increment(ref exportCounters.BlockStatus);
-                    Interlocked.Increment(ref connectionCounters.BlockStatus);
+                    Interlocked.Increment(ref counters.BlockStatus);
                     return NbdError.None;
             }
             writer.SimpleReply(request.Cookie, NbdError.None, default);
@@ -90,20 +89,19 @@ internal static class RequestExecutor
             // ENOTSUP is only allowed as the answer to FAST_ZERO.
             if (error == NbdError.NotSupported && (request.Flags & NbdCommandFlags.FastZero) == 0)
                 error = NbdError.IO;
-            return Fail(request, writer, structured, error, exportCounters, connectionCounters);
+            return Fail(request, writer, structured, error, counters);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return Fail(request, writer, structured, NbdError.IO, exportCounters, connectionCounters);
+            return Fail(request, writer, structured, NbdError.IO, counters);
         }
     }
 
     /// <summary>Counts the error, then sends it (counting first, so statistics never lag a reply the client has seen).</summary>
     public static NbdError Fail(NbdRequest request, ReplyWriter writer, bool structured, NbdError error,
-        IoCounters exportCounters, IoCounters connectionCounters)
+        IoCounters counters)
     {
-        Interlocked.Increment(ref exportCounters.Errors);
-        Interlocked.Increment(ref connectionCounters.Errors);
+        Interlocked.Increment(ref counters.Errors);
         if (structured && request.Command is NbdCommand.Read or NbdCommand.BlockStatus)
             writer.ErrorChunk(request.Cookie, error);
         else
@@ -112,20 +110,44 @@ internal static class RequestExecutor
     }
 
     /// <summary>Counted once the data is in hand and before the reply leaves, so statistics never lag what a client saw.</summary>
-    private static void CountRead(uint length, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void CountRead(uint length, IoCounters counters)
     {
-        exportCounters.CountRead(length);
-        connectionCounters.CountRead(length);
+        counters.CountRead(length);
     }
 
-    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
     {
+        long offset = (long)request.Offset;
         int length = (int)request.Length;
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
+        if (writer.ZeroCopy)
+        {
+            if (store is IPinnedMemoryStore memory)
+            {
+                var segments = request.Segments;
+                memory.GetReadSegments(offset, length, segments);
+                CountRead(request.Length, counters);
+                try
+                {
+                    writer.SimpleReplyGather(request.Cookie, CollectionsMarshal.AsSpan(segments));
+                }
+                finally
+                {
+                    segments.Clear(); // drop the chunk references
+                }
+                return;
+            }
+            if (writer.SpliceFiles && store is IFileDescriptorStore file && length >= SpliceMinimum)
+            {
+                CountRead(request.Length, counters);
+                writer.SimpleReplyFromFile(request.Cookie, file.Descriptor, offset, length);
+                return;
+            }
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
         try
         {
-            store.Read((long)request.Offset, buffer.AsSpan(0, length));
-            CountRead(request.Length, exportCounters, connectionCounters);
+            store.Read(offset, buffer.AsSpan(0, length));
+            CountRead(request.Length, counters);
             writer.SimpleReply(request.Cookie, NbdError.None, buffer.AsSpan(0, length));
         }
         finally
@@ -135,14 +157,14 @@ internal static class RequestExecutor
     }
 
     /// <summary>Structured READ: holes go out as OFFSET_HOLE chunks (no data on the wire), data as OFFSET_DATA.</summary>
-    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters exportCounters, IoCounters connectionCounters)
+    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
         var extents = request.Extents;
         extents.Clear();
         var caps = store.Capabilities;
-        bool holeAware = length > 0 && (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
+        bool holeAware = (request.Flags & NbdCommandFlags.DontFragment) == 0 &&
                          (caps & StoreCapabilities.Extents) != 0 &&
                          (length >= HoleAwareReadMinimum || (caps & StoreCapabilities.NonBlocking) != 0);
         if (holeAware)
@@ -150,55 +172,67 @@ internal static class RequestExecutor
 
         if (!holeAware || extents.Count == 0 || (extents[0].Flags & ExtentFlags.Zero) == 0 && extents[0].Length >= length)
         {
-            byte[] buffer = ArrayPool<byte>.Shared.Rent(Math.Max(length, 1));
-            try
-            {
-                store.Read(offset, buffer.AsSpan(0, length));
-                CountRead(request.Length, exportCounters, connectionCounters);
-                writer.DataChunk(request.Cookie, done: true, (ulong)offset, buffer.AsSpan(0, length));
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
+            CountRead(request.Length, counters);
+            DataChunk(request, store, writer, done: true, offset, length);
             return;
         }
 
-        byte[] data = ArrayPool<byte>.Shared.Rent(length);
+        long pos = offset;
+        long end = offset + length;
+        for (int i = 0; i < extents.Count && pos < end; i++)
+        {
+            int run = (int)Math.Min(extents[i].Length, end - pos);
+            bool last = pos + run >= end;
+            if (last)
+                CountRead(request.Length, counters);
+            if ((extents[i].Flags & ExtentFlags.Zero) != 0)
+                writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
+            else
+                DataChunk(request, store, writer, last, pos, run);
+            pos += run;
+        }
+        if (pos < end)
+        {
+            // The store described less than the whole range: send the rest as data.
+            CountRead(request.Length, counters);
+            DataChunk(request, store, writer, done: true, pos, (int)(end - pos));
+        }
+    }
+
+    /// <summary>One OFFSET_DATA chunk, from the store's own memory or file where the transport allows, else through a pooled buffer.</summary>
+    private static void DataChunk(NbdRequest request, IBlockStore store, ReplyWriter writer, bool done, long offset, int length)
+    {
+        if (writer.ZeroCopy)
+        {
+            if (store is IPinnedMemoryStore memory)
+            {
+                var segments = request.Segments;
+                memory.GetReadSegments(offset, length, segments);
+                try
+                {
+                    writer.DataChunkGather(request.Cookie, done, (ulong)offset, CollectionsMarshal.AsSpan(segments), length);
+                }
+                finally
+                {
+                    segments.Clear();
+                }
+                return;
+            }
+            if (writer.SpliceFiles && store is IFileDescriptorStore file && length >= SpliceMinimum)
+            {
+                writer.DataChunkFromFile(request.Cookie, done, (ulong)offset, file.Descriptor, length);
+                return;
+            }
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
         try
         {
-            long pos = offset;
-            long end = offset + length;
-            for (int i = 0; i < extents.Count && pos < end; i++)
-            {
-                long run = Math.Min(extents[i].Length, end - pos);
-                bool last = pos + run >= end;
-                if (last)
-                    CountRead(request.Length, exportCounters, connectionCounters);
-                if ((extents[i].Flags & ExtentFlags.Zero) != 0)
-                {
-                    writer.HoleChunk(request.Cookie, last, (ulong)pos, (uint)run);
-                }
-                else
-                {
-                    var span = data.AsSpan(0, (int)run);
-                    store.Read(pos, span);
-                    writer.DataChunk(request.Cookie, last, (ulong)pos, span);
-                }
-                pos += run;
-            }
-            if (pos < end)
-            {
-                // The store described less than the whole range: send the rest as data.
-                var span = data.AsSpan(0, (int)(end - pos));
-                store.Read(pos, span);
-                CountRead(request.Length, exportCounters, connectionCounters);
-                writer.DataChunk(request.Cookie, done: true, (ulong)pos, span);
-            }
+            store.Read(offset, buffer.AsSpan(0, length));
+            writer.DataChunk(request.Cookie, done, (ulong)offset, buffer.AsSpan(0, length));
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(data);
+            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

@@ -62,6 +62,7 @@ internal sealed class RequestWorkers
                     if (_closed)
                     {
                         _threads--;
+                        SplicePipe.ReleaseThisThread();
                         return;
                     }
                     _idle++;

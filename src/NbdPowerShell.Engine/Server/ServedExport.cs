@@ -25,7 +25,10 @@ internal sealed class ServedExport
     public long Size => Definition.Store.Size;
     public bool IsReadOnly { get; }
     public DateTimeOffset AddedAt { get; } = DateTimeOffset.UtcNow;
-    public IoCounters Counters { get; } = new();
+    // Counts of connections that have closed; live ones are added in at snapshot time, so requests
+    // only ever update their own connection's counters (one shared counter set was a cache line
+    // every request on every connection wrote twice).
+    private readonly IoCounters _closedConnections = new();
 
     /// <summary>Flags for clients without structured replies; DF is added per connection when they are negotiated.</summary>
     public TransmissionFlags Flags { get; }
@@ -112,12 +115,33 @@ internal sealed class ServedExport
 
     public void Detach(ClientConnection connection)
     {
-        if (_connections.TryRemove(connection.Id, out _))
-            Interlocked.Decrement(ref _slotsInUse);
+        lock (_connections)
+        {
+            if (!_connections.TryRemove(connection.Id, out _))
+                return;
+            _closedConnections.Add(connection.Counters);
+        }
+        Interlocked.Decrement(ref _slotsInUse);
+    }
+
+    /// <summary>Everything counted on this export: closed connections plus the live ones, read under the lock Detach moves counts with.</summary>
+    public IoStatistics Io
+    {
+        get
+        {
+            var total = new IoCounters();
+            lock (_connections)
+            {
+                total.Add(_closedConnections);
+                foreach (var connection in _connections.Values)
+                    total.Add(connection.Counters);
+            }
+            return total.Snapshot();
+        }
     }
 
     public ExportSnapshot Snapshot() => new(
         Name, Definition.Description, Store.Description, Size, IsReadOnly, Flags, Definition.MaxConnections,
-        Definition.AllowedClients?.Entries, AddedAt, Interlocked.Read(ref _totalConnections), Counters.Snapshot(),
+        Definition.AllowedClients?.Entries, AddedAt, Interlocked.Read(ref _totalConnections), Io,
         _connections.Values.Select(c => c.Snapshot()).OrderBy(c => c.Id).ToArray());
 }

@@ -1,13 +1,16 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using NbdPowerShell.Engine.Interop;
+using NbdPowerShell.Engine.Storage;
 
 namespace NbdPowerShell.Engine.Server;
 
 /// <summary>
-/// Transport over a connected stream socket (TCP or Unix). Writes go straight to sendmsg with a
-/// two-element iovec, so a reply header and its data leave in one syscall without copying or
-/// allocating.
+/// Transport over a connected stream socket (TCP or Unix). Writes go straight to sendmsg with
+/// iovecs, so a reply header and its data leave in one syscall without copying or allocating;
+/// file pages are spliced to the socket and memory-store data sent from the store's own pinned chunks.
 /// </summary>
 internal sealed class SocketTransport : NbdTransport
 {
@@ -75,71 +78,252 @@ internal sealed class SocketTransport : NbdTransport
         }
     }
 
-    public override unsafe void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body)
+    public override bool ZeroCopy => true;
+
+    public override bool PeerIsLocal => RemoteEndPoint switch
     {
-        bool added = false;
-        var handle = _socket.SafeHandle;
+        IPEndPoint ip => IsOwnAddress(ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address),
+        _ => true, // Unix socket or socket pair
+    };
+
+    private static bool IsOwnAddress(IPAddress address)
+    {
+        if (IPAddress.IsLoopback(address))
+            return true;
         try
         {
-            handle.DangerousAddRef(ref added);
-            int fd = (int)handle.DangerousGetHandle();
+            return System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
+                .SelectMany(i => i.GetIPProperties().UnicastAddresses)
+                .Any(a => a.Address.Equals(address));
+        }
+        catch (System.Net.NetworkInformation.NetworkInformationException)
+        {
+            return false;
+        }
+    }
+
+    // Pinned, never written: the source of zeroes for holes and for file ranges past the end of the file.
+    private static readonly byte[] s_zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
+
+    public override unsafe void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body)
+    {
+        int fd = AddRef(out bool added);
+        try
+        {
             fixed (byte* h = head)
             fixed (byte* b = body)
             {
                 Libc.IoVec* iov = stackalloc Libc.IoVec[2];
                 iov[0] = new Libc.IoVec { Base = (nint)h, Length = (nuint)head.Length };
                 iov[1] = new Libc.IoVec { Base = (nint)b, Length = (nuint)body.Length };
-                int count = body.IsEmpty ? 1 : 2;
-                int first = 0;
-                while (first < count)
+                SendVectors(fd, iov, body.IsEmpty ? 1 : 2, 0);
+            }
+        }
+        finally
+        {
+            Release(added);
+        }
+    }
+
+    /// <summary>
+    /// The header goes with MSG_MORE so it shares a segment with the data, then the file's pages
+    /// move from the pipe to the socket without a copy, the pipe refilled from the file while more
+    /// is left. Short returns (a full send buffer on a non-blocking socket, a signal) continue where
+    /// they stopped; the end of the file ends the splicing and the rest goes as zeroes. After the
+    /// header is out a file error can only end the connection (an IOException).
+    /// </summary>
+    public override unsafe void WriteFile(ReadOnlySpan<byte> head, SplicePipe pipe, int descriptor, long offset, int count)
+    {
+        int fd = AddRef(out bool added);
+        try
+        {
+            fixed (byte* h = head)
+            {
+                var iov = new Libc.IoVec { Base = (nint)h, Length = (nuint)head.Length };
+                SendVectors(fd, &iov, 1, count > 0 ? Libc.MSG_MORE : 0);
+            }
+            long next = offset + pipe.Buffered;
+            int left = count;
+            while (left > 0)
+            {
+                if (pipe.Buffered == 0)
                 {
-                    var msg = new Libc.MsgHdr { Iov = iov + first, IovLength = (nuint)(count - first) };
-                    nint sent = Libc.sendmsg(fd, &msg, Libc.MSG_NOSIGNAL);
-                    if (sent < 0)
+                    int n = pipe.Fill(descriptor, next, left);
+                    if (n == 0)
                     {
-                        int errno = Libc.LastErrno;
-                        if (errno == Libc.EINTR)
-                            continue;
-                        if (errno == Libc.EAGAIN)
-                        {
-                            // The runtime may have made the descriptor non-blocking; wait for room.
-                            var pfd = new Libc.PollFd { Fd = fd, Events = Libc.POLLOUT };
-                            Libc.Poll(&pfd, 1, 1000);
-                            continue;
-                        }
-                        throw new IOException($"send failed: {Libc.StrError(errno)}", errno);
+                        SendZeroes(fd, left);
+                        return;
                     }
-                    // Advance past what the kernel took; partial sends are normal for large bodies.
-                    while (sent > 0 && first < count)
+                    next += n;
+                }
+                left -= pipe.Buffered;
+                Drain(fd, pipe);
+            }
+        }
+        catch (StorageException e)
+        {
+            throw new IOException(e.Message, e);
+        }
+        finally
+        {
+            Release(added);
+        }
+    }
+
+    /// <summary>
+    /// Pipe to socket, without SPLICE_F_MORE: with a small send window every call moves a few KiB,
+    /// and a corked remainder would wait for TCP's 200 ms cork timer each time.
+    /// </summary>
+    private static unsafe void Drain(int fd, SplicePipe pipe)
+    {
+        while (pipe.Buffered > 0)
+        {
+            nint n = Libc.Splice(pipe.ReadEnd, null, fd, null, (nuint)pipe.Buffered, Libc.SPLICE_F_MOVE);
+            if (n > 0)
+            {
+                pipe.Buffered -= (int)n;
+                continue;
+            }
+            RetryOrThrow(fd, n == 0 ? Libc.EPIPE : Libc.LastErrno, "splice to socket");
+        }
+    }
+
+    /// <summary>
+    /// One iovec per segment, pointing into the store's pinned chunks (holes at the shared zero
+    /// buffer), so the kernel copies straight from the store into the socket; more than IOV_MAX
+    /// segments go out as several sendmsg calls with MSG_MORE between them.
+    /// </summary>
+    public override unsafe void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments)
+    {
+        int fd = AddRef(out bool added);
+        try
+        {
+            byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_zeroes));
+            Libc.IoVec* iov = stackalloc Libc.IoVec[Libc.IOV_MAX];
+            fixed (byte* h = head)
+            {
+                iov[0] = new Libc.IoVec { Base = (nint)h, Length = (nuint)head.Length };
+                int used = 1;
+                foreach (var segment in segments)
+                {
+                    int left = segment.Length;
+                    while (left > 0)
                     {
-                        nint len = (nint)iov[first].Length;
-                        if (sent >= len)
+                        if (used == Libc.IOV_MAX)
                         {
-                            sent -= len;
-                            first++;
+                            SendVectors(fd, iov, used, Libc.MSG_MORE);
+                            used = 0;
+                        }
+                        int n;
+                        if (segment.Chunk is null)
+                        {
+                            n = Math.Min(left, s_zeroes.Length);
+                            iov[used++] = new Libc.IoVec { Base = (nint)zeroes, Length = (nuint)n };
                         }
                         else
                         {
-                            iov[first].Base += sent;
-                            iov[first].Length -= (nuint)sent;
-                            sent = 0;
+                            // Pinned-heap arrays never move, so the address stays valid while the segment holds the array.
+                            n = left;
+                            byte* chunk = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(segment.Chunk));
+                            iov[used++] = new Libc.IoVec { Base = (nint)(chunk + segment.Offset), Length = (nuint)n };
                         }
+                        left -= n;
                     }
-                    // Skip empty trailing vectors.
-                    while (first < count && iov[first].Length == 0)
-                        first++;
                 }
+                SendVectors(fd, iov, used, 0);
             }
+        }
+        finally
+        {
+            Release(added);
+        }
+    }
+
+    private int AddRef(out bool added)
+    {
+        added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            return (int)_socket.SafeHandle.DangerousGetHandle();
         }
         catch (ObjectDisposedException)
         {
             throw new IOException("The connection is closed.");
         }
-        finally
+    }
+
+    private void Release(bool added)
+    {
+        if (added)
+            _socket.SafeHandle.DangerousRelease();
+    }
+
+    private static unsafe void SendZeroes(int fd, long count)
+    {
+        byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_zeroes));
+        Libc.IoVec* iov = stackalloc Libc.IoVec[64];
+        while (count > 0)
         {
-            if (added)
-                handle.DangerousRelease();
+            int used = 0;
+            while (count > 0 && used < 64)
+            {
+                int n = (int)Math.Min(count, s_zeroes.Length);
+                iov[used++] = new Libc.IoVec { Base = (nint)zeroes, Length = (nuint)n };
+                count -= n;
+            }
+            SendVectors(fd, iov, used, count > 0 ? Libc.MSG_MORE : 0);
         }
+    }
+
+    /// <summary>Sends every byte the vectors describe (consuming them), through partial sends and a non-blocking descriptor.</summary>
+    private static unsafe void SendVectors(int fd, Libc.IoVec* iov, int count, int flags)
+    {
+        int first = 0;
+        while (first < count && iov[first].Length == 0)
+            first++;
+        while (first < count)
+        {
+            var msg = new Libc.MsgHdr { Iov = iov + first, IovLength = (nuint)(count - first) };
+            nint sent = Libc.sendmsg(fd, &msg, Libc.MSG_NOSIGNAL | flags);
+            if (sent < 0)
+            {
+                RetryOrThrow(fd, Libc.LastErrno, "send");
+                continue;
+            }
+            // Advance past what the kernel took; partial sends are normal for large bodies.
+            while (sent > 0 && first < count)
+            {
+                nint len = (nint)iov[first].Length;
+                if (sent >= len)
+                {
+                    sent -= len;
+                    first++;
+                }
+                else
+                {
+                    iov[first].Base += sent;
+                    iov[first].Length -= (nuint)sent;
+                    sent = 0;
+                }
+            }
+            while (first < count && iov[first].Length == 0)
+                first++;
+        }
+    }
+
+    /// <summary>
+    /// Returns when the failed send may be retried: at once after a signal, or, when the runtime
+    /// made the descriptor non-blocking and the send buffer is full, once there is room again.
+    /// </summary>
+    private static unsafe void RetryOrThrow(int fd, int errno, string operation)
+    {
+        if (errno == Libc.EINTR)
+            return;
+        if (errno != Libc.EAGAIN)
+            throw new IOException($"{operation} failed: {Libc.StrError(errno)}", errno);
+        var pfd = new Libc.PollFd { Fd = fd, Events = Libc.POLLOUT };
+        Libc.Poll(&pfd, 1, 1000);
     }
 
     public override void Shutdown()

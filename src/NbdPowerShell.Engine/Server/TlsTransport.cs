@@ -25,6 +25,8 @@ internal sealed class TlsTransport : NbdTransport
 
     public override EndPoint? RemoteEndPoint => _inner.RemoteEndPoint;
 
+    public override bool PeerIsLocal => _inner.PeerIsLocal;
+
     public X509Certificate? ClientCertificate => _stream.RemoteCertificate;
 
     /// <summary>Runs the server side of the TLS handshake over <paramref name="inner"/>; throws AuthenticationException on failure.</summary>

@@ -10,13 +10,17 @@ namespace NbdPowerShell.Engine.Storage;
 /// every connection goes through the same page cache, so multi-connection is coherent.
 /// Optional kernel features (pwritev2 RWF_DSYNC, fallocate modes, SEEK_DATA, discard ioctls)
 /// are tried first and switched off for this store after the first "not supported".
+/// Reads use the raw descriptor number, not the SafeHandle, whose reference count would be one
+/// cache line that every connection writes on every read: disposing the store while calls still
+/// run is the caller's error, and the server disposes a store only after its connections closed.
 /// </summary>
-public sealed class FileBlockStore : IBlockStore
+public sealed class FileBlockStore : IBlockStore, IFileDescriptorStore
 {
     // Shared source of zeroes for the slow write-zeroes path; never written to.
     private static readonly byte[] s_zeroes = new byte[1 << 20];
 
     private readonly SafeFileHandle _fd;
+    private readonly int _rawFd;
     private readonly bool _readOnly;
     private readonly bool _isBlockDevice;
     private readonly bool _hardwareZeroes;
@@ -33,6 +37,7 @@ public sealed class FileBlockStore : IBlockStore
         int logicalSectorSize, bool hardwareZeroes, bool rotational)
     {
         _fd = fd;
+        _rawFd = (int)fd.DangerousGetHandle();
         Description = description;
         Size = size;
         _readOnly = readOnly;
@@ -67,6 +72,8 @@ public sealed class FileBlockStore : IBlockStore
     public string Description { get; }
 
     public bool IsBlockDevice => _isBlockDevice;
+
+    int IFileDescriptorStore.Descriptor => _rawFd;
 
     /// <summary>Logical sector size of a block device (the smallest unit it can write); 1 for files.</summary>
     public int LogicalSectorSize { get; }
@@ -158,12 +165,14 @@ public sealed class FileBlockStore : IBlockStore
 
     public unsafe void Read(long offset, Span<byte> destination)
     {
+        // A read only of the handle's state, so it costs no shared write.
+        ObjectDisposedException.ThrowIf(_fd.IsClosed, this);
         fixed (byte* start = destination)
         {
             int done = 0;
             while (done < destination.Length)
             {
-                nint n = Libc.PRead(_fd, start + done, (nuint)(destination.Length - done), offset + done);
+                nint n = Libc.PRead(_rawFd, start + done, (nuint)(destination.Length - done), offset + done);
                 if (n > 0)
                 {
                     done += (int)n;

@@ -7,8 +7,11 @@ namespace NbdPowerShell.Engine.Storage;
 /// replaced, so concurrent writers to different bytes of one chunk all land in the same array.
 /// A chunk is only dropped when a trim or write-zeroes covers all of it, and any request that
 /// could race with that overlaps it, which the protocol leaves unordered anyway.
+/// Chunks are allocated on the pinned object heap so the server can point the kernel at them
+/// (vectored sends, receives straight into them); the garbage collector is what frees a dropped
+/// chunk, so one that a send still references stays valid until that send is done.
 /// </summary>
-public sealed class MemoryBlockStore : IBlockStore
+public sealed class MemoryBlockStore : IBlockStore, IPinnedMemoryStore
 {
     private const int ChunkShift = 16;                 // 64 KiB chunks.
     private const int ChunkSize = 1 << ChunkShift;
@@ -87,6 +90,31 @@ public sealed class MemoryBlockStore : IBlockStore
         }
     }
 
+    void IPinnedMemoryStore.GetReadSegments(long offset, int length, List<MemorySegment> segments)
+    {
+        while (length > 0)
+        {
+            int inChunk = (int)(offset & (ChunkSize - 1));
+            int n = Math.Min(length, ChunkSize - inChunk);
+            var chunk = FindChunk(offset);
+            segments.Add(new MemorySegment(chunk, chunk is null ? 0 : inChunk, n));
+            offset += n;
+            length -= n;
+        }
+    }
+
+    void IPinnedMemoryStore.GetWriteSegments(long offset, int length, List<MemorySegment> segments)
+    {
+        while (length > 0)
+        {
+            int inChunk = (int)(offset & (ChunkSize - 1));
+            int n = Math.Min(length, ChunkSize - inChunk);
+            segments.Add(new MemorySegment(GetOrAddChunk(offset), inChunk, n));
+            offset += n;
+            length -= n;
+        }
+    }
+
     public void Flush()
     {
     }
@@ -155,7 +183,7 @@ public sealed class MemoryBlockStore : IBlockStore
             ?? Volatile.Read(ref leafSlot)!;
         ref var chunkSlot = ref leaf[(offset >> ChunkShift) & (LeafEntries - 1)];
         return Volatile.Read(ref chunkSlot)
-            ?? Interlocked.CompareExchange(ref chunkSlot, new byte[ChunkSize], null)
+            ?? Interlocked.CompareExchange(ref chunkSlot, GC.AllocateArray<byte>(ChunkSize, pinned: true), null)
             ?? Volatile.Read(ref chunkSlot)!;
     }
 

@@ -1,14 +1,17 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
 using NbdPowerShell.Engine.Client;
-using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Hosting;
+using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Protocol;
 
 namespace NbdPowerShell.Commands;
 
 /// <summary>
-/// Attaches an NBD export as a kernel block device /dev/nbdN: from a server (-ComputerName, -SocketPath) or
-/// from an export object (Find-NbdExport, or Start-NbdExport/Get-NbdExport, which attach in-process without TCP).
+/// Attaches an NBD export as a kernel block device /dev/nbdN: from a server (-ComputerName, -SocketPath) or from an
+/// export object (Find-NbdExport, or Start-NbdExport/Get-NbdExport, attached over a socket pair by the process that
+/// serves it). A device that must outlive this pwsh (-Persistent, TLS relays, exports of the service) is attached
+/// and owned by the NbdPowerShell service. An export that is attached already returns its session unless -NewDevice.
 /// </summary>
 [Cmdlet(VerbsCommunications.Connect, "NbdDevice", DefaultParameterSetName = ComputerNameSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
 [OutputType(typeof(NbdSession))]
@@ -70,6 +73,14 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     [ValidateRange(1, 16)]
     public int Connections { get; set; } = 1;
 
+    /// <summary>The NbdPowerShell service owns the device and keeps it in its configuration: it is taken back after a service restart and attached again after a reboot.</summary>
+    [Parameter]
+    public SwitchParameter Persistent { get; set; }
+
+    /// <summary>Attach another device even when this export is attached already (by default its existing session is returned).</summary>
+    [Parameter]
+    public SwitchParameter NewDevice { get; set; }
+
     protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
@@ -78,7 +89,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         int? index = null;
         if (Device is not null)
         {
-            index = SessionMapper.ParseDevice(Device);
+            index = Selection.ParseDevice(Device);
             if (index is null)
             {
                 WriteNbdError(ErrorIds.InvalidArgument, $"-Device '{Device}' is not an nbd device; use /dev/nbdN (Get-NbdDevice lists them).", Device);
@@ -86,123 +97,105 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
             }
         }
 
-        string? localExport = null;
         NbdUri uri;
+        (string Name, HostScope Scope)? local = null;
         switch (ParameterSetName)
         {
             case SocketPathSet:
                 uri = NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), ExportName, WantsTls);
                 break;
             case InputObjectSet:
-                if (!TryResolveInput(InputObject!, out uri!, out localExport))
+                if (!TryResolveInput(InputObject!, out uri!, out local))
                     return;
-                if (WantsTls) uri = uri.WithTls(true);
+                if (WantsTls && local is null)
+                    uri = uri.WithTls(true);
                 break;
             default:
                 uri = NbdUri.ForTcp(ComputerName, Port, ExportName, WantsTls);
                 break;
         }
-
-        string target = $"{uri}{(localExport is null ? "" : " (served by this process)")} as {(index is int i ? $"/dev/nbd{i}" : "the first free nbd device")}";
-        if (!ShouldProcess(target, "Connect NBD device"))
-            return;
-
-        TimeSpan? timeout = Timeout > 0 ? TimeSpan.FromSeconds(Timeout) : null;
-        var attachOptions = new AttachOptions
+        if (local is { Scope: HostScope.Process } && Persistent)
         {
-            Index = index,
-            BlockSize = BlockSize > 0 ? BlockSize : null,
-            Timeout = timeout,
-            DeadConnectionTimeout = MyInvocation.BoundParameters.ContainsKey(nameof(DeadConnectionTimeout)) ? TimeSpan.FromSeconds(DeadConnectionTimeout) : null,
-            ReadOnly = ReadOnly,
-        };
+            WriteNbdError(ErrorIds.InvalidArgument,
+                $"Export '{local.Value.Name}' is served by this PowerShell process and ends with it, so a device attached to it cannot be persistent; start the export with -Persistent first.", uri.ToString());
+            return;
+        }
+        // The service owns what must outlive this pwsh: persistent devices, TLS relays, and devices of its own exports.
+        var owner = local?.Scope ?? (Persistent || uri.Tls ? HostScope.Service : HostScope.Process);
+
+        if (!NewDevice && FindAttached(uri, index) is { } existing)
+        {
+            WriteVerbose($"{uri} is attached already as {existing.Device}; nothing changed (use -NewDevice to attach another device).");
+            WriteObject(existing with { Changed = false });
+            return;
+        }
+
+        string by = owner == HostScope.Service ? " (owned by the NbdPowerShell service)" : local is not null ? " (served by this process)" : "";
+        string target = $"{uri}{by} as {(index is int i ? $"/dev/nbd{i}" : "the first free nbd device")}";
+        if (!ShouldProcess(target, Persistent ? "Connect persistent NBD device" : "Connect NBD device"))
+            return;
 
         TryRun(() =>
         {
-            var clientOptions = NbdClientOptions.Default with { Timeout = timeout ?? NbdClientOptions.Default.Timeout, Tls = BuildLocalOrRemoteTls(localExport) };
-            var connections = Wait(NegotiateAsync(uri, localExport, clientOptions), "Connect-NbdDevice", $"Connecting to {uri}");
-            AttachResult result;
-            try
+            var request = new DeviceRequest
             {
-                result = Wait(new KernelAttacher(EngineLog.Default).AttachAsync(connections, attachOptions, CancelToken),
-                    "Connect-NbdDevice", $"Setting up {(index is int n ? $"/dev/nbd{n}" : "an nbd device")} for {uri}");
-            }
-            finally
-            {
-                // Connections the attach took over are detached already; the rest (on failure) close here,
-                // so a local export's connection slots are free for a retry.
-                foreach (var c in connections)
-                    c.Dispose();
-            }
-            if (localExport is not null)
-                ExportHost.Default.RecordLocalDevice(localExport, result.Index);
-            if (result.IsTlsRelayed)
-                WriteVerbose($"{result.Device} reaches {connections[0].Uri} over TLS through a relay in this PowerShell process; it lives until Disconnect-NbdDevice or until the module is removed.");
-            WriteObject(SessionMapper.FromAttach(result, connections[0].Uri, timeout, localExport is not null));
+                Uris = [uri.ToString()],
+                LocalExport = local?.Name,
+                Tls = local is null ? BuildTlsSpec() : null,
+                ReadOnly = ReadOnly,
+                Index = index,
+                BlockSize = BlockSize > 0 ? BlockSize : null,
+                TimeoutSeconds = Timeout > 0 ? Timeout : null,
+                DeadConnectionTimeoutSeconds = MyInvocation.BoundParameters.ContainsKey(nameof(DeadConnectionTimeout)) ? DeadConnectionTimeout : null,
+                Connections = Connections,
+                Persistent = Persistent,
+                NewDevice = NewDevice,
+            };
+            INbdHost host = owner == HostScope.Service ? StartService() : Hosts.Process;
+            var result = Wait(host.AttachDeviceAsync(request, CancelToken), "Connect-NbdDevice",
+                $"Attaching {uri} as {(index is int n ? $"/dev/nbd{n}" : "an nbd device")}");
+            var session = AllSessions()?.FirstOrDefault(s => s.Device == result.Value.Device) ?? OutputMapper.ToSession(null, result.Value, Hosts.Process);
+            if (!result.Changed)
+                WriteVerbose($"{uri} is attached already as {session.Device}; nothing changed (use -NewDevice to attach another device).");
+            else if (owner == HostScope.Service)
+                WriteVerbose($"{session.Device} is owned by the NbdPowerShell service{(Persistent ? " and kept in its configuration" : "")}: it keeps working after this PowerShell exits ({session.Transport}).");
+            else if (session.Scope == "Process")
+                WriteVerbose($"{session.Device} depends on this PowerShell process ({session.Transport}); it fails when the process exits or the module is removed.");
+            WriteObject(session with { Changed = result.Changed });
         }, uri.ToString());
     }
 
-    /// <summary>
-    /// The TLS settings: from the parameters; for an export of this process that needs TLS, TLS without a
-    /// certificate check (the peer is this process, over a socketpair) unless the parameters say more.
-    /// </summary>
-    private NbdClientTlsOptions? BuildLocalOrRemoteTls(string? localExport)
-    {
-        if (localExport is null)
-            return BuildTlsOptions();
-        var (needsTls, _) = ExportHost.Default.LocalTlsOf(localExport);
-        if (!needsTls && !WantsTls)
-            return null;
-        var tls = BuildTlsOptions(force: true)!;
-        return tls.CertificateAuthorities is null ? tls with { SkipCertificateCheck = true } : tls;
-    }
-
-    private async Task<IReadOnlyList<NbdNegotiatedConnection>> NegotiateAsync(NbdUri uri, string? localExport, NbdClientOptions options)
-    {
-        var connections = new List<NbdNegotiatedConnection>();
-        try
-        {
-            for (int i = 0; i < Connections; i++)
-            {
-                if (localExport is not null)
-                {
-                    var (socket, _) = await ExportHost.Default.OpenLocalConnectionAsync(localExport, CancelToken).ConfigureAwait(false);
-                    connections.Add(await NbdClient.NegotiateAsync(socket, uri, options, CancelToken).ConfigureAwait(false));
-                }
-                else
-                {
-                    connections.Add(await NbdClient.ConnectAsync(uri, options, CancelToken).ConfigureAwait(false));
-                }
-            }
-            return connections;
-        }
-        catch
-        {
-            foreach (var c in connections)
-                c.Dispose();
-            throw;
-        }
-    }
+    /// <summary>A connected device of the same export (server, port or socket, export name), on <paramref name="index"/> when given.</summary>
+    private NbdSession? FindAttached(NbdUri uri, int? index) =>
+        AllSessions()?.FirstOrDefault(s => s.IsConnected && s.State == "Connected" && (index is null || s.Index == index)
+            && NbdUri.TryParse(s.Uri, out var attached) && DeviceRequest.SameExport(attached, uri));
 
     /// <summary>
-    /// An export object to a URI: an NbdExport this process serves is attached in-process; anything else
-    /// (NbdRemoteExport, deserialized objects from jobs or remoting) by its Uri, or ComputerName/Port/Name.
+    /// An export object to a URI: an NbdExport of this process or of the service is attached by its own host over a
+    /// socket pair; anything else (NbdRemoteExport, deserialized objects) by its Uri, or ComputerName/Port/Name.
     /// </summary>
-    private bool TryResolveInput(PSObject input, out NbdUri? uri, out string? localExport)
+    private bool TryResolveInput(PSObject input, out NbdUri? uri, out (string Name, HostScope Scope)? local)
     {
-        localExport = null;
+        local = null;
         uri = null;
-        if (input.BaseObject is NbdExport export && ExportHost.Default.GetExport(export.Name) is { } live && live.Uri == export.Uri)
-        {
-            localExport = live.Name;
-            uri = NbdUri.Parse(live.Uri);
-            return true;
-        }
+        string? name = input.Properties["Name"]?.Value?.ToString();
         string? text = input.Properties["Uri"]?.Value?.ToString();
+        string? scope = input.Properties["Scope"]?.Value?.ToString();
+        if (name is not null && text is not null && scope is "Process" or "Service")
+        {
+            bool served = scope == "Process"
+                ? Hosts.Process.GetExport(name) is { } live && live.Uri == text
+                : QueryService((c, ct) => c.GetExportsAsync(ct))?.Any(e => e.Name == name && e.Uri == text && e.State == "Running") == true;
+            if (served && NbdUri.TryParse(text, out uri))
+            {
+                local = (name, Enum.Parse<HostScope>(scope));
+                return true;
+            }
+        }
         if (text is not null && NbdUri.TryParse(text, out uri))
             return true;
         string? host = input.Properties["ComputerName"]?.Value?.ToString();
-        string? name = input.Properties["Name"]?.Value?.ToString() ?? input.Properties["ExportName"]?.Value?.ToString();
+        name ??= input.Properties["ExportName"]?.Value?.ToString();
         if (!string.IsNullOrEmpty(host) && int.TryParse(input.Properties["Port"]?.Value?.ToString(), out int port) && port is > 0 and < 65536)
         {
             uri = NbdUri.ForTcp(host, port, name ?? "");

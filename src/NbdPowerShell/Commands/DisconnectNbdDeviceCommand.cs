@@ -4,7 +4,10 @@ using NbdPowerShell.Engine.Kernel;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Detaches nbd devices. A mounted (or otherwise held) device is refused unless -Force.</summary>
+/// <summary>
+/// Detaches nbd devices, through their owner when an NbdPowerShell process owns them (the service forgets a persistent
+/// one). A mounted (or otherwise held) device is refused unless -Force.
+/// </summary>
 [Cmdlet(VerbsCommunications.Disconnect, "NbdDevice", DefaultParameterSetName = DeviceSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Medium)]
 [OutputType(typeof(NbdSession))]
 public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
@@ -56,7 +59,7 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
             default:
                 foreach (string d in Device)
                 {
-                    if (SessionMapper.ParseDevice(d) is int i)
+                    if (Selection.ParseDevice(d) is int i)
                         targets.Add((i, d));
                     else
                         WriteNotFound(d, $"'{d}' is not an nbd device; use /dev/nbdN (Get-NbdSession lists the attached ones).");
@@ -64,43 +67,37 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
                 break;
         }
 
-        var discovery = NbdDeviceDiscovery.System();
+        if (targets.Count == 0 || AllSessions(includeFree: true) is not { } sessions)
+            return;
         foreach (var (index, text) in targets)
         {
-            NbdDeviceInfo? info;
-            try
+            string device = $"/dev/nbd{index}";
+            var before = sessions.FirstOrDefault(s => s.Device == device);
+            if (before is null)
             {
-                info = discovery.GetDevice(index);
-            }
-            catch (Exception e) when (IsExpected(e))
-            {
-                WriteNbdError(e, text);
+                WriteNotFound(text, $"{device} does not exist on this machine; Get-NbdSession lists the attached devices.");
                 continue;
             }
-            if (info is null)
-            {
-                WriteNotFound(text, $"/dev/nbd{index} does not exist on this machine; Get-NbdSession lists the attached devices.");
-                continue;
-            }
-            string what = info.BackendIdentifier is { } b ? $"{info.Device} ({b})" : info.Device;
-            if (info.MountPoints.Count > 0)
-                what += $", mounted at {string.Join(", ", info.MountPoints)}";
+            string what = before.BackendIdentifier is { } b ? $"{device} ({b})" : device;
+            if (before.MountPoints.Length > 0)
+                what += $", mounted at {string.Join(", ", before.MountPoints)}";
+            if (before.Scope == "Service")
+                what += $", owned by the NbdPowerShell service{(before.IsPersistent ? " (it forgets it)" : "")}";
             if (!ShouldProcess(what, "Disconnect NBD device"))
                 continue;
-            var before = SessionMapper.ToSession(info, ExportHost.Default);
             TryRun(() =>
             {
-                Wait(new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, TimeSpan.FromSeconds(Timeout), CancelToken),
-                    "Disconnect-NbdDevice", $"Disconnecting {info.Device}");
+                var timeout = TimeSpan.FromSeconds(Timeout);
+                Task detach = before.Scope switch
+                {
+                    "Service" => Hosts.Service.DetachDeviceAsync(device, Force, timeout, CancelToken),
+                    "Process" => Hosts.Process.DetachDeviceAsync(device, Force, timeout, CancelToken),
+                    // No NbdPowerShell process owns it (nbd-client, qemu-nbd, or a plain device the kernel holds alone).
+                    _ => new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, timeout, CancelToken),
+                };
+                Wait(detach, "Disconnect-NbdDevice", $"Disconnecting {device}");
                 if (PassThru)
-                    WriteObject(new NbdSession
-                    {
-                        Device = before.Device, Index = before.Index, ComputerName = before.ComputerName, Port = before.Port,
-                        ExportName = before.ExportName, SocketPath = before.SocketPath, Uri = before.Uri, Size = before.Size,
-                        BlockSize = before.BlockSize, IsReadOnly = before.IsReadOnly, IsConnected = false, Connections = before.Connections,
-                        Timeout = before.Timeout, MountPoints = before.MountPoints, BackendIdentifier = before.BackendIdentifier,
-                        IsServedByThisProcess = before.IsServedByThisProcess,
-                    });
+                    WriteObject(before with { IsConnected = false, State = "Disconnected", Changed = true });
             }, text);
         }
     }

@@ -39,40 +39,12 @@ public sealed class FindNbdExportCommand : NbdClientCmdlet
             : NbdUri.ForTcp(ComputerName, Port, tls: WantsTls);
         TryRun(() =>
         {
-            var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsOptions() };
+            var options = NbdClientOptions.Default with { Timeout = TimeSpan.FromSeconds(Timeout), Tls = BuildTlsSpec()?.Load() };
             var exports = Wait(NbdClient.ListExportsAsync(server, options, CancelToken), "Find-NbdExport", $"Listing the exports of {Describe(server)}");
             foreach (var e in exports)
-                WriteObject(ToRemote(server, e));
+                WriteObject(OutputMapper.ToRemote(server, e));
         }, Describe(server));
     }
 
     private static string Describe(NbdUri server) => server.IsUnix ? server.SocketPath! : $"{server.Host}:{server.Port}";
-
-    internal static NbdRemoteExport ToRemote(NbdUri server, NbdExportInfo e)
-    {
-        var flags = e.Flags ?? TransmissionFlags.None;
-        return new NbdRemoteExport
-        {
-            ComputerName = server.IsUnix ? null : server.Host,
-            Port = server.IsUnix ? 0 : server.Port,
-            SocketPath = server.SocketPath,
-            Name = e.Name,
-            Description = e.Description,
-            Size = e.Size,
-            IsReadOnly = e.IsReadOnly,
-            CanMultiConnection = e.CanMultiConn,
-            CanFlush = flags.HasFlag(TransmissionFlags.SendFlush),
-            CanTrim = flags.HasFlag(TransmissionFlags.SendTrim),
-            CanWriteZeroes = flags.HasFlag(TransmissionFlags.SendWriteZeroes),
-            CanFastZero = flags.HasFlag(TransmissionFlags.SendFastZero),
-            CanCache = flags.HasFlag(TransmissionFlags.SendCache),
-            IsRotational = flags.HasFlag(TransmissionFlags.Rotational),
-            Flags = e.Flags?.ToString() ?? "",
-            MinimumBlockSize = e.MinimumBlockSize,
-            PreferredBlockSize = e.PreferredBlockSize,
-            MaximumBlockSize = e.MaximumBlockSize,
-            IsTls = server.Tls,
-            Uri = server.WithExportName(e.Name).ToString(),
-        };
-    }
 }

@@ -29,7 +29,8 @@ public sealed class GetNbdDeviceCommand : NbdCmdlet
         if (devices.Count == 0 && !Directory.Exists("/sys/module/nbd"))
             WriteWarning("The nbd kernel module is not loaded, so there are no nbd devices; load it as root with: modprobe nbd");
         var candidates = Free ? devices.Where(d => !d.IsConnected).ToList() : devices;
-        foreach (var info in DeviceSelection.Select(this, candidates, devices, Device, null, Free ? "free" : "an nbd device"))
-            WriteObject(SessionMapper.ToDevice(info));
+        var existing = devices.Select(d => d.Index).ToHashSet();
+        foreach (var info in Selection.Devices(this, candidates, existing, Device, null, Free ? "free" : "an nbd device", d => d.Index, d => d.Device))
+            WriteObject(OutputMapper.ToDevice(info));
     }
 }

@@ -1,10 +1,12 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
-using NbdPowerShell.Engine.Kernel;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Lists every attached nbd device on the machine, whoever attached it (this module, nbd-client, qemu-nbd).</summary>
+/// <summary>
+/// Lists every attached nbd device on the machine, whoever attached it (this module, the NbdPowerShell service,
+/// nbd-client, qemu-nbd), with which process owns or relays it and, for devices of the service, their state and history.
+/// </summary>
 [Cmdlet(VerbsCommon.Get, "NbdSession", DefaultParameterSetName = DeviceSet)]
 [OutputType(typeof(NbdSession))]
 public sealed class GetNbdSessionCommand : NbdCmdlet
@@ -27,46 +29,10 @@ public sealed class GetNbdSessionCommand : NbdCmdlet
 
     protected override void ProcessRecord()
     {
-        if (DiscoverDevices() is not { } devices)
+        if (DiscoverDevices() is not { } devices || AllSessions() is not { } sessions)
             return;
-        var connected = devices.Where(d => d.IsConnected).ToList();
-        foreach (var info in DeviceSelection.Select(this, connected, devices, Device, ParameterSetName == IndexSet ? Index : null, "connected"))
-            WriteObject(SessionMapper.ToSession(info, ExportHost.Default));
-    }
-}
-
-/// <summary>Shared -Device/-Index filtering: wildcard misses are silent, other misses are NbdDeviceNotFound errors.</summary>
-internal static class DeviceSelection
-{
-    public static IEnumerable<NbdDeviceInfo> Select(NbdCmdlet cmdlet, IReadOnlyList<NbdDeviceInfo> candidates, IReadOnlyList<NbdDeviceInfo> all,
-        string[]? device, int[]? index, string what)
-    {
-        var chosen = new List<NbdDeviceInfo>();
-        if (device is null && index is null)
-            return candidates;
-        foreach (string d in device ?? [])
-        {
-            if (WildcardPattern.ContainsWildcardCharacters(d))
-            {
-                var pattern = new WildcardPattern(d, WildcardOptions.IgnoreCase);
-                chosen.AddRange(candidates.Where(c => pattern.IsMatch(c.Device) || pattern.IsMatch($"nbd{c.Index}")));
-                continue;
-            }
-            var i = SessionMapper.ParseDevice(d);
-            var match = i is null ? null : candidates.FirstOrDefault(c => c.Index == i);
-            if (match is null)
-                cmdlet.WriteNotFound(d, all.Any(a => a.Index == i) ? $"{d} is not {what}." : $"{d} is not an nbd device on this machine; Get-NbdDevice lists them.");
-            else
-                chosen.Add(match);
-        }
-        foreach (int i in index ?? [])
-        {
-            var match = candidates.FirstOrDefault(c => c.Index == i);
-            if (match is null)
-                cmdlet.WriteNotFound($"/dev/nbd{i}", all.Any(a => a.Index == i) ? $"/dev/nbd{i} is not {what}." : $"/dev/nbd{i} is not an nbd device on this machine; Get-NbdDevice lists them.");
-            else
-                chosen.Add(match);
-        }
-        return chosen.DistinctBy(c => c.Index);
+        var existing = devices.Select(d => d.Index).ToHashSet();
+        foreach (var session in Selection.Devices(this, sessions, existing, Device, ParameterSetName == IndexSet ? Index : null, "connected", s => s.Index, s => s.Device))
+            WriteObject(session);
     }
 }

@@ -2,12 +2,12 @@ using System.Management.Automation;
 using NbdPowerShell.Completers;
 using System.Security.Cryptography.X509Certificates;
 using NbdPowerShell.Engine.Protocol;
-using NbdPowerShell.Engine.Security;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Server;
 
 namespace NbdPowerShell.Commands;
 
-/// <summary>Serves a file, block device or memory disk over NBD from this PowerShell process.</summary>
+/// <summary>Serves a file, block device or memory disk over NBD from this PowerShell process, or, with -Persistent, from the NbdPowerShell service.</summary>
 [Cmdlet(VerbsLifecycle.Start, "NbdExport", DefaultParameterSetName = PathSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
 [OutputType(typeof(NbdExport))]
 public sealed class StartNbdExportCommand : NbdCmdlet
@@ -40,9 +40,10 @@ public sealed class StartNbdExportCommand : NbdCmdlet
     [Parameter]
     public SwitchParameter CopyOnWrite { get; set; }
 
+    /// <summary>One or more IP addresses to listen on, all with -Port (e.g. 0.0.0.0 and :: for IPv4 and IPv6).</summary>
     [Parameter]
     [ValidateNotNullOrEmpty]
-    public string ListenAddress { get; set; } = "127.0.0.1";
+    public string[] ListenAddress { get; set; } = ["127.0.0.1"];
 
     [Parameter]
     [ValidateRange(0, 65535)]
@@ -89,6 +90,14 @@ public sealed class StartNbdExportCommand : NbdCmdlet
     [Parameter]
     public SwitchParameter TlsOnly { get; set; }
 
+    /// <summary>Replace an export of the same name that has a different definition (its clients are dropped).</summary>
+    [Parameter]
+    public SwitchParameter Force { get; set; }
+
+    /// <summary>Hand the export to the NbdPowerShell service (started on demand): it outlives this pwsh and comes back after a service restart.</summary>
+    [Parameter]
+    public SwitchParameter Persistent { get; set; }
+
     protected override void ProcessRecord()
     {
         DrainEngineLog();
@@ -100,34 +109,56 @@ public sealed class StartNbdExportCommand : NbdCmdlet
                 return;
         }
         string name = Name ?? (path is null ? "memory" : System.IO.Path.GetFileNameWithoutExtension(path));
-        string? socketPath = SocketPath is null ? null : SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath);
-        var request = new ExportRequest
-        {
-            Name = name,
-            Description = Description,
-            Path = path,
-            MemorySize = Size,
-            ReadOnly = ReadOnly,
-            CopyOnWrite = CopyOnWrite,
-            ListenAddress = ListenAddress,
-            Port = Port,
-            SocketPath = socketPath,
-            AllowedClient = AllowedClient,
-            MaxConnections = MaxConnections,
-        };
-        string where = socketPath ?? $"{ListenAddress}:{(Port == 0 ? "any free port" : Port)}";
-        if (!ShouldProcess($"{path ?? $"memory ({Size} bytes)"} as '{name}' on {where}", "Start NBD export"))
+        var listeners = BuildListeners();
+        string where = string.Join(" and ", listeners.Select(l => l.IsUnix || l.Port != 0 ? l.ToString() : $"{l.Address} (any free port)"));
+        if (!ShouldProcess($"{path ?? $"memory ({Size} bytes)"} as '{name}' on {where}{(Persistent ? " in the NbdPowerShell service, persistently" : "")}", "Start NBD export"))
             return;
         TryRun(() =>
         {
-            var tls = BuildTls();
-            WriteObject(ExportHost.Default.Start(request with { Tls = tls, TlsOnly = TlsOnly }));
+            var spec = new ExportSpec
+            {
+                Name = name,
+                Description = Description,
+                Path = path,
+                MemorySize = Size,
+                ReadOnly = ReadOnly,
+                CopyOnWrite = CopyOnWrite,
+                Listeners = listeners,
+                AllowedClients = AllowedClient,
+                MaxConnections = MaxConnections,
+                Tls = BuildTls(),
+                TlsOnly = TlsOnly,
+            };
+            if (Persistent)
+                spec.Validate(persistent: true);
+            INbdHost host = Persistent ? StartService() : Hosts.Process;
+            var result = Wait(host.StartExportAsync(spec, Force, Persistent, CancelToken), "Start-NbdExport", $"Starting export '{name}'");
+            string by = Persistent ? "the NbdPowerShell service (persistent)" : "this PowerShell process";
+            WriteVerbose(result.Changed
+                ? $"Started export '{name}' at {result.Value.Uri}, served by {by}."
+                : $"Export '{name}' already runs with this definition at {result.Value.Uri}, served by {by}; nothing changed.");
+            WriteObject(OutputMapper.ToExport(result.Value, result.Changed));
         }, name);
         DrainEngineLog();
     }
 
+    /// <summary>
+    /// -SocketPath alone serves on that Unix socket only; with -Port or -ListenAddress it is served there too.
+    /// Every -ListenAddress listens on -Port.
+    /// </summary>
+    private List<ListenerSpec> BuildListeners()
+    {
+        var listeners = new List<ListenerSpec>();
+        bool tcp = SocketPath is null || MyInvocation.BoundParameters.ContainsKey(nameof(Port)) || MyInvocation.BoundParameters.ContainsKey(nameof(ListenAddress));
+        if (tcp)
+            listeners.AddRange(ListenAddress.Select(a => ListenerSpec.Tcp(a.Trim(), Port)));
+        if (SocketPath is not null)
+            listeners.Add(ListenerSpec.Unix(Resolve(SocketPath)));
+        return listeners;
+    }
+
     /// <summary>Server TLS from the parameters; null for no TLS. Throws ArgumentException for contradictions.</summary>
-    private TlsOptions? BuildTls()
+    private ServerTlsSpec? BuildTls()
     {
         if (Certificate is not null && CertificatePath is not null)
             throw new ArgumentException("Give either -Certificate or -CertificatePath, not both.");
@@ -147,43 +178,43 @@ public sealed class StartNbdExportCommand : NbdCmdlet
         }
         if (!hasCertificate)
             throw new ArgumentException($"-TlsMode {mode} needs a server certificate: give -Certificate, or -CertificatePath (and -KeyPath).");
-        X509Certificate2 certificate;
-        if (Certificate is not null)
+        if (Certificate is { HasPrivateKey: false })
+            throw new ArgumentException($"-Certificate '{Certificate.Subject}' has no private key; a server certificate needs one.");
+        var (paths, objects) = SplitAuthorities();
+        return new ServerTlsSpec
         {
-            if (!Certificate.HasPrivateKey)
-                throw new ArgumentException($"-Certificate '{Certificate.Subject}' has no private key; a server certificate needs one.");
-            certificate = Certificate;
-        }
-        else
-        {
-            certificate = CertificateFiles.LoadWithKey(Resolve(CertificatePath!), KeyPath is null ? null : Resolve(KeyPath));
-        }
-        return new TlsOptions(certificate, mode) { ClientCertificateAuthorities = LoadAuthorities() };
+            Mode = mode,
+            Certificate = Certificate,
+            CertificatePath = CertificatePath is null ? null : Resolve(CertificatePath),
+            KeyPath = KeyPath is null ? null : Resolve(KeyPath),
+            ClientCertificateAuthorityPaths = paths,
+            ClientCertificateAuthorities = objects,
+        };
     }
 
-    private X509Certificate2Collection? LoadAuthorities()
+    /// <summary>-ClientCertificateAuthority items: PEM paths (resolved) and certificate objects.</summary>
+    private (List<string> Paths, List<X509Certificate2> Objects) SplitAuthorities()
     {
-        if (ClientCertificateAuthority is null)
-            return null;
-        var all = new X509Certificate2Collection();
-        foreach (var item in ClientCertificateAuthority)
+        var paths = new List<string>();
+        var objects = new List<X509Certificate2>();
+        foreach (var item in ClientCertificateAuthority ?? [])
         {
             switch (item is PSObject pso ? pso.BaseObject : item)
             {
                 case X509Certificate2 certificate:
-                    all.Add(certificate);
+                    objects.Add(certificate);
                     break;
                 case string path:
-                    all.AddRange(CertificateFiles.LoadAuthorities(Resolve(path)));
+                    paths.Add(Resolve(path));
                     break;
                 case FileInfo file:
-                    all.AddRange(CertificateFiles.LoadAuthorities(file.FullName));
+                    paths.Add(file.FullName);
                     break;
                 default:
                     throw new ArgumentException($"-ClientCertificateAuthority takes PEM file paths or X509Certificate2 objects, not '{item}'.");
             }
         }
-        return all;
+        return (paths, objects);
     }
 
     private string Resolve(string path) => SessionState.Path.GetUnresolvedProviderPathFromPSPath(path);

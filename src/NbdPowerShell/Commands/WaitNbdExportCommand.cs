@@ -1,12 +1,13 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
+using NbdPowerShell.Engine.Hosting;
 
 namespace NbdPowerShell.Commands;
 
 /// <summary>
-/// Blocks until the given exports (default: all of them) stop, or Ctrl+C. Meant for `pwsh -c` services and
-/// scripts: the exports live in this process, so it must stay busy while they serve. Engine messages are
-/// written as they come (use -Verbose to see connects and disconnects).
+/// Blocks until the given exports (default: all of this process) stop, or Ctrl+C. Meant for `pwsh -c` scripts
+/// that serve from their own process, which must stay busy while the exports serve; exports of the service can be
+/// waited for too. Engine messages are written as they come (use -Verbose to see connects and disconnects).
 /// </summary>
 [Cmdlet(VerbsLifecycle.Wait, "NbdExport", DefaultParameterSetName = NameSet)]
 [OutputType(typeof(NbdExport))]
@@ -14,7 +15,8 @@ public sealed class WaitNbdExportCommand : NbdCmdlet
 {
     private const string NameSet = "Name";
     private const string InputObjectSet = "InputObject";
-    private readonly List<string> _names = [];
+    private static readonly TimeSpan ServicePoll = TimeSpan.FromSeconds(1);
+    private readonly List<ExportInfo> _exports = [];
 
     [Parameter(ParameterSetName = NameSet, Position = 0, ValueFromPipelineByPropertyName = true)]
     [SupportsWildcards]
@@ -40,55 +42,58 @@ public sealed class WaitNbdExportCommand : NbdCmdlet
         DrainEngineLog();
         if (ParameterSetName == InputObjectSet)
         {
-            _names.AddRange(InputObject.Select(e => e.Name));
-            return;
+            var all = AllExports();
+            _exports.AddRange(InputObject.Select(i => all.FirstOrDefault(e => e.Name == i.Name && e.Scope.ToString() == i.Scope)).OfType<ExportInfo>());
         }
-        var current = ExportHost.Default.Names;
-        if (Name is null)
-        {
-            _names.AddRange(current);
-            return;
-        }
-        foreach (string name in Name)
-        {
-            var pattern = new WildcardPattern(name, WildcardOptions.IgnoreCase);
-            var matches = current.Where(pattern.IsMatch).ToList();
-            if (matches.Count == 0 && !WildcardPattern.ContainsWildcardCharacters(name))
-                WriteNbdError(ErrorIds.ExportNotFound, $"No export named '{name}' is served by this PowerShell process; Get-NbdExport lists them.", name);
-            _names.AddRange(matches);
-        }
+        else if (Name is null)
+            _exports.AddRange(Hosts.Process.GetExports());
+        else
+            _exports.AddRange(Selection.ByName(this, Name, AllExports(), e => e.Name,
+                "No export named '{0}' is served by this PowerShell process or the NbdPowerShell service; Get-NbdExport lists them."));
     }
 
     protected override void EndProcessing()
     {
-        var names = _names.Distinct(StringComparer.OrdinalIgnoreCase).ToList();
-        var last = names.Select(ExportHost.Default.GetExport).OfType<NbdExport>().ToDictionary(e => e.Name, StringComparer.OrdinalIgnoreCase);
-        var all = Task.WhenAll(names.Select(ExportHost.Default.WhenStopped));
+        var exports = _exports.DistinctBy(e => (e.Name.ToUpperInvariant(), e.Scope)).ToList();
+        var all = Task.WhenAll(exports.Select(e => e.Scope == HostScope.Service ? WhenServiceExportStopped(e.Name, CancelToken) : Hosts.Process.WhenStopped(e.Name)));
         Task waited = Timeout > 0 ? all.WaitAsync(TimeSpan.FromSeconds(Timeout), CancelToken) : all.WaitAsync(CancelToken);
-        WriteVerbose($"Waiting for {names.Count} export(s) to stop: {string.Join(", ", names)}. Press Ctrl+C to stop waiting.");
+        string names = string.Join(", ", exports.Select(e => e.Name));
+        WriteVerbose($"Waiting for {exports.Count} export(s) to stop: {names}. Press Ctrl+C to stop waiting.");
         try
         {
             WaitQuietly(waited);
         }
         catch (TimeoutException)
         {
-            WriteNbdError(ErrorIds.Timeout, $"The exports were still running after {Timeout} s.", string.Join(",", names));
+            WriteNbdError(ErrorIds.Timeout, $"The exports were still running after {Timeout} s.", names);
             return;
         }
         if (PassThru)
         {
-            foreach (var name in names)
-            {
-                if (last.TryGetValue(name, out var e))
-                    WriteObject(new NbdExport
-                    {
-                        Name = e.Name, Description = e.Description, Path = e.Path, Backend = e.Backend, Size = e.Size, IsReadOnly = e.IsReadOnly,
-                        IsCopyOnWrite = e.IsCopyOnWrite, ListenAddress = e.ListenAddress, Port = e.Port, SocketPath = e.SocketPath,
-                        AllowedClient = e.AllowedClient, MaxConnections = e.MaxConnections, State = "Stopped", StartTime = e.StartTime, Uri = e.Uri,
-                    });
-            }
+            foreach (var e in exports)
+                WriteObject(OutputMapper.ToExport(e with { State = "Stopped", ClientCount = 0 }));
         }
         base.EndProcessing();
+    }
+
+    /// <summary>The service cannot call back: ask it every second until the export is gone (or the service is).</summary>
+    private static async Task WhenServiceExportStopped(string name, CancellationToken cancellationToken)
+    {
+        var client = Hosts.Service;
+        while (true)
+        {
+            try
+            {
+                var exports = await client.GetExportsAsync(cancellationToken).ConfigureAwait(false);
+                if (!exports.Any(e => string.Equals(e.Name, name, StringComparison.OrdinalIgnoreCase) && e.State == "Running"))
+                    return;
+            }
+            catch (Engine.Service.NbdServiceNotRunningException)
+            {
+                return;
+            }
+            await Task.Delay(ServicePoll, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     /// <summary>Like Wait, but without a progress bar: waiting here is the point, not a slow step.</summary>

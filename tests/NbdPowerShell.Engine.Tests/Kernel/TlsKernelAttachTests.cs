@@ -43,11 +43,11 @@ public sealed class TlsKernelAttachTests : IDisposable
     {
         using var nbdkit = PeerServer.Nbdkit("--tls=require", $"--tls-certificates={_dir}", "memory", "16M");
         var r = await AttachTlsAsync(nbdkit.Uri, new AttachOptions { Mode = AttachMode.Netlink }, connections: 1);
-        var relays = TlsRelayRegistry.Get(r.Index);
+        var relays = r.Relays;
         try
         {
             Assert.True(r.IsTlsRelayed);
-            Assert.True(TlsRelayRegistry.IsRelayed(r.Index));
+            Assert.True(relays[0].IsRunning);
             Assert.Single(relays);
             var d = Device(r.Index);
             Assert.True(d.IsConnected);
@@ -59,8 +59,12 @@ public sealed class TlsKernelAttachTests : IDisposable
             Assert.Equal(written, HashDevice(r.Device, Size));
             Assert.True(relays[0].BytesToServer > Size && relays[0].BytesToKernel > Size);
         }
-        finally { await DisconnectAndVerifyFreeAsync(r.Index); }
-        Assert.False(TlsRelayRegistry.IsRelayed(r.Index));
+        finally
+        {
+            await DisconnectAndVerifyFreeAsync(r.Index);
+            // The kernel closed its ends: the relays forward NBD_CMD_DISC, end TLS and stop by themselves.
+            await Task.WhenAll(relays.Select(x => x.StopAsync(TimeSpan.FromSeconds(30))));
+        }
         Assert.All(relays, x => Assert.False(x.IsRunning));
         Assert.True(relays[0].Completion.IsCompleted);
     }
@@ -73,12 +77,16 @@ public sealed class TlsKernelAttachTests : IDisposable
         try
         {
             Assert.Equal(2, r.Connections);
-            Assert.Equal(2, TlsRelayRegistry.Get(r.Index).Count);
+            Assert.Equal(2, r.Relays.Count);
             var written = WriteRandom(r.Device, 4L << 20);
             Assert.Equal(written, HashDevice(r.Device, 4L << 20));
         }
-        finally { await DisconnectAndVerifyFreeAsync(r.Index); }
-        Assert.False(TlsRelayRegistry.IsRelayed(r.Index));
+        finally
+        {
+            await DisconnectAndVerifyFreeAsync(r.Index);
+            await Task.WhenAll(r.Relays.Select(x => x.StopAsync(TimeSpan.FromSeconds(30))));
+        }
+        Assert.All(r.Relays, x => Assert.False(x.IsRunning));
     }
 
     [KernelFact]
@@ -88,12 +96,12 @@ public sealed class TlsKernelAttachTests : IDisposable
         AttachResult r;
         try { r = await AttachTlsAsync(nbdkit.Uri, new AttachOptions { Mode = AttachMode.Netlink, Timeout = TimeSpan.FromSeconds(5), DeadConnectionTimeout = TimeSpan.Zero }, connections: 1); }
         catch { nbdkit.Dispose(); throw; }
-        var relays = TlsRelayRegistry.Get(r.Index);
+        var relays = r.Relays;
         try
         {
             nbdkit.Dispose();
             await relays[0].Completion.WaitAsync(TimeSpan.FromSeconds(60));
-            Assert.False(TlsRelayRegistry.IsRelayed(r.Index));
+            Assert.False(relays[0].IsRunning);
         }
         finally { await DisconnectAndVerifyFreeAsync(r.Index, force: true); }
     }

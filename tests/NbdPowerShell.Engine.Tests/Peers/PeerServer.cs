@@ -62,11 +62,11 @@ public sealed class PeerServer : IDisposable
         return Start("nbdkit", ["-v", "-f", "-p", port.ToString(), "-i", address, .. pluginArgs], uri, []);
     }
 
-    public static PeerServer NbdkitUnix(params string[] pluginArgs)
-    {
-        string sock = TempPath(".sock");
-        return Start("nbdkit", ["--exit-with-parent", "-f", "--unix", sock, .. pluginArgs], NbdUri.ForUnix(sock), [sock]);
-    }
+    public static PeerServer NbdkitUnix(params string[] pluginArgs) => NbdkitUnixAt(TempPath(".sock"), pluginArgs);
+
+    /// <summary>nbdkit on the Unix socket <paramref name="sock"/> (again at the same path, for restart tests).</summary>
+    public static PeerServer NbdkitUnixAt(string sock, params string[] pluginArgs) =>
+        Start("nbdkit", ["--exit-with-parent", "-f", "--unix", sock, .. pluginArgs], NbdUri.ForUnix(sock), [sock]);
 
     /// <summary>qemu-nbd serving a fresh sparse raw image of <paramref name="size"/> bytes under <paramref name="exportName"/>.</summary>
     public static PeerServer QemuNbd(string exportName, long size, int shared = 1)

@@ -1,4 +1,5 @@
 using System.Net;
+using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Tests.Storage;
 using NbdPowerShell.Engine.Tests.TestSupport;
@@ -34,73 +35,100 @@ public class DurabilityTests
         using var host = unix
             ? BenchHost.Start("--file", "d:" + path, "--unix", socket)
             : BenchHost.Start("--file", "d:" + path);
-        var rng = new Random(unix ? 21 : 20);
+        var expected = RunUntilKilled(
+            () => unix ? RawNbdClient.ConnectUnix(socket) : RawNbdClient.Connect(new IPEndPoint(IPAddress.Loopback, host.Port)),
+            "d", host.Kill, new Random(unix ? 21 : 20), unix ? "unix" : "tcp");
+        AssertOnDisk(path, expected);
+    }
+
+    /// <summary>The same against the NbdPowerShell service: a persistent file export, the service killed with SIGKILL.</summary>
+    [Fact]
+    public async Task Flushed_and_FUA_writes_survive_SIGKILL_of_the_service()
+    {
+        await using var service = new TestService();
+        string path = Path.Combine(service.Directory, "disk.img");
+        using (var fs = new FileStream(path, FileMode.CreateNew))
+            fs.SetLength(16 << 20);
+        await service.StartProcessAsync();
+        var export = await service.Client.StartExportAsync(
+            new ExportSpec { Name = "d", Path = path, Listeners = [ListenerSpec.Tcp("127.0.0.1", 0)] }, replace: false, persistent: true, CancellationToken.None);
+        var expected = RunUntilKilled(() => RawNbdClient.Connect(new IPEndPoint(IPAddress.Loopback, export.Value.Port)), "d", service.Kill, new Random(22), "service");
+        AssertOnDisk(path, expected);
+    }
+
+    /// <summary>
+    /// Plain writes then FLUSH, then FUA writes pipelined 32 deep until enough are acknowledged, then <paramref name="kill"/>
+    /// with more in flight. Returns every block whose write was acknowledged as durable.
+    /// </summary>
+    private Dictionary<int, byte[]> RunUntilKilled(Func<RawNbdClient> connect, string export, Action kill, Random rng, string label)
+    {
         var expected = new Dictionary<int, byte[]>();
+        using var c = connect();
+        var (_, flags) = c.Go(export);
+        Assert.True(flags.HasFlag(TransmissionFlags.SendFlush) && flags.HasFlag(TransmissionFlags.SendFua));
 
-        using (var c = unix ? RawNbdClient.ConnectUnix(socket) : RawNbdClient.Connect(new IPEndPoint(IPAddress.Loopback, host.Port)))
+        // 1. Plain writes, all acknowledged, then FLUSH acknowledged.
+        ulong cookie = 0;
+        for (int slot = 0; slot < FlushedBlocks; slot++)
         {
-            var (_, flags) = c.Go("d");
-            Assert.True(flags.HasFlag(TransmissionFlags.SendFlush) && flags.HasFlag(TransmissionFlags.SendFua));
-
-            // 1. Plain writes, all acknowledged, then FLUSH acknowledged.
-            ulong cookie = 0;
-            for (int slot = 0; slot < FlushedBlocks; slot++)
-            {
-                var data = RandomBlock(rng);
-                c.SendRequest(NbdCommand.Write, (ulong)slot * Block, Block, ++cookie, payload: data);
-                Assert.Equal(NbdError.None, c.ReadSimpleReply().Error);
-                expected[slot] = data;
-            }
-            c.SendRequest(NbdCommand.Flush, 0, 0, ++cookie);
+            var data = RandomBlock(rng);
+            c.SendRequest(NbdCommand.Write, (ulong)slot * Block, Block, ++cookie, payload: data);
             Assert.Equal(NbdError.None, c.ReadSimpleReply().Error);
+            expected[slot] = data;
+        }
+        c.SendRequest(NbdCommand.Flush, 0, 0, ++cookie);
+        Assert.Equal(NbdError.None, c.ReadSimpleReply().Error);
 
-            // 2. FUA writes pipelined 32 deep; kill the server as soon as enough are acknowledged, with more in flight.
-            var sent = new Dictionary<ulong, (int Slot, byte[] Data)>();
-            var acked = new List<ulong>();
-            using var window = new SemaphoreSlim(32);
-            var reader = new Thread(() =>
+        // 2. FUA writes pipelined 32 deep; kill the server as soon as enough are acknowledged, with more in flight.
+        var sent = new Dictionary<ulong, (int Slot, byte[] Data)>();
+        var acked = new List<ulong>();
+        using var window = new SemaphoreSlim(32);
+        var reader = new Thread(() =>
+        {
+            try
             {
-                try
+                while (true)
                 {
-                    while (true)
-                    {
-                        var (error, replyCookie, _) = c.ReadSimpleReply();
-                        Assert.Equal(NbdError.None, error);
-                        lock (acked)
-                            acked.Add(replyCookie);
-                        window.Release();
-                    }
+                    var (error, replyCookie, _) = c.ReadSimpleReply();
+                    Assert.Equal(NbdError.None, error);
+                    lock (acked)
+                        acked.Add(replyCookie);
+                    window.Release();
                 }
-                catch (Exception e) when (e is EndOfStreamException or System.Net.Sockets.SocketException or ObjectDisposedException)
-                {
-                }
-            }) { IsBackground = true };
-            reader.Start();
-            int nextSlot = FlushedBlocks;
-            while (true)
-            {
-                lock (acked)
-                {
-                    if (acked.Count >= FuaAcksBeforeKill)
-                        break;
-                }
-                Assert.True(window.Wait(TimeSpan.FromSeconds(10)), "FUA writes stopped being acknowledged");
-                var data = RandomBlock(rng);
-                lock (acked)
-                    sent[++cookie] = (nextSlot, data);
-                c.SendRequest(NbdCommand.Write, (ulong)nextSlot++ * Block, Block, cookie, NbdCommandFlags.Fua, data);
             }
-            host.Kill();
-            Assert.True(reader.Join(TimeSpan.FromSeconds(10)));
+            catch (Exception e) when (e is EndOfStreamException or System.Net.Sockets.SocketException or ObjectDisposedException)
+            {
+            }
+        }) { IsBackground = true };
+        reader.Start();
+        int nextSlot = FlushedBlocks;
+        while (true)
+        {
             lock (acked)
             {
-                foreach (var k in acked)
-                    expected[sent[k].Slot] = sent[k].Data;
+                if (acked.Count >= FuaAcksBeforeKill)
+                    break;
             }
-            _output.WriteLine($"DURABILITY transport={(unix ? "unix" : "tcp")} flushedBlocks={FlushedBlocks} fuaAcked={acked.Count} fuaSent={sent.Count}");
+            Assert.True(window.Wait(TimeSpan.FromSeconds(10)), "FUA writes stopped being acknowledged");
+            var data = RandomBlock(rng);
+            lock (acked)
+                sent[++cookie] = (nextSlot, data);
+            c.SendRequest(NbdCommand.Write, (ulong)nextSlot++ * Block, Block, cookie, NbdCommandFlags.Fua, data);
         }
+        kill();
+        Assert.True(reader.Join(TimeSpan.FromSeconds(10)));
+        lock (acked)
+        {
+            foreach (var k in acked)
+                expected[sent[k].Slot] = sent[k].Data;
+        }
+        _output.WriteLine($"DURABILITY transport={label} flushedBlocks={FlushedBlocks} fuaAcked={acked.Count} fuaSent={sent.Count}");
+        return expected;
+    }
 
-        // Reopen after the process is gone: every acknowledged block must be there.
+    /// <summary>Reopen after the process is gone: every acknowledged block must be there.</summary>
+    private static void AssertOnDisk(string path, Dictionary<int, byte[]> expected)
+    {
         var onDisk = File.ReadAllBytes(path);
         foreach (var (slot, data) in expected)
             Assert.True(data.AsSpan().SequenceEqual(onDisk.AsSpan(slot * Block, Block)), $"acknowledged block {slot} is missing after SIGKILL");

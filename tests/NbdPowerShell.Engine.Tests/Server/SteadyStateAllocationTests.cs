@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 using NbdPowerShell.Engine.Tests.TestSupport;
 using Xunit;
@@ -15,18 +16,37 @@ namespace NbdPowerShell.Engine.Tests.Server;
 [Collection(SerialCollection.Name)]
 public class SteadyStateAllocationTests
 {
-    [Fact]
-    public async Task Reads_and_writes_allocate_almost_nothing_per_request_once_warm()
+    /// <summary>Memory (reads from the chunks, writes into them), and files through pread and through splice.</summary>
+    [Theory]
+    [InlineData("memory", 4096)]
+    [InlineData("file", 4096)]
+    [InlineData("file", 128 * 1024)]
+    [InlineData("file-spliced", 128 * 1024)]
+    public async Task Reads_and_writes_allocate_almost_nothing_per_request_once_warm(string kind, int blockSize)
     {
-        await using var server = new TestServer();
-        server.Add("m", new MemoryBlockStore(16 << 20));
+        await using var server = new TestServer(new NbdServerOptions
+        {
+            FileReadSplicing = kind == "file-spliced" ? FileReadSplicing.Always : FileReadSplicing.RemotePeers,
+        });
+        const int size = 16 << 20;
+        if (kind == "memory")
+        {
+            server.Add("m", new MemoryBlockStore(size));
+        }
+        else
+        {
+            string path = Path.Combine(server.Directory, "disk.img");
+            using (var f = File.Create(path)) f.SetLength(size);
+            server.Add("m", FileBlockStore.Open(path, readOnly: false));
+        }
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         c.Go("m");
         var socket = c.Socket;
         // A receive timeout makes .NET run sync receives through its async engine, which allocates: measure the server, not that.
         socket.ReceiveTimeout = 0;
-        var request = new byte[28 + 4096];
-        var reply = new byte[16 + 4096];
+        var request = new byte[28 + blockSize];
+        var reply = new byte[16 + blockSize];
+        int blocks = size / blockSize;
 
         void Run(int count)
         {
@@ -37,8 +57,8 @@ public class SteadyStateAllocationTests
                 BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(4), 0);
                 BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(6), (ushort)(write ? NbdCommand.Write : NbdCommand.Read));
                 BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), (ulong)i);
-                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(16), (ulong)(i % 4000) * 4096);
-                BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), 4096);
+                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(16), (ulong)(i % blocks) * (ulong)blockSize);
+                BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), (uint)blockSize);
                 SendAll(socket, request.AsSpan(0, write ? request.Length : 28));
                 ReceiveAll(socket, reply.AsSpan(0, write ? 16 : reply.Length));
                 if (BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)) != 0)

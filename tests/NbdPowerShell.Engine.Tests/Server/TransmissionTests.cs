@@ -63,6 +63,11 @@ public class TransmissionTests
     [InlineData(NbdCommand.Flush, 1UL, 0u, NbdError.Invalid)]                   // FLUSH must be 0/0
     [InlineData((NbdCommand)77, 0UL, 0u, NbdError.Invalid)]                    // unknown command
     [InlineData(NbdCommand.BlockStatus, 0UL, 512u, NbdError.Invalid)]          // without structured replies
+    [InlineData(NbdCommand.Read, 0UL, 0u, NbdError.Invalid)]                   // zero length: nbdkit's answers
+    [InlineData(NbdCommand.Write, 0UL, 0u, NbdError.NoSpace)]
+    [InlineData(NbdCommand.Trim, 0UL, 0u, NbdError.Invalid)]
+    [InlineData(NbdCommand.WriteZeroes, 0UL, 0u, NbdError.NoSpace)]
+    [InlineData(NbdCommand.Cache, 0UL, 0u, NbdError.Invalid)]
     public async Task Bad_requests_get_the_errno_the_spec_names_and_the_connection_survives(NbdCommand cmd, ulong offset, uint length, NbdError expected)
     {
         var (server, _) = Serve();
@@ -75,6 +80,33 @@ public class TransmissionTests
         Assert.Equal(expected, r.Error);
         Assert.Equal(9UL, r.Cookie);
         AssertStillServes(c);
+    }
+
+    [Theory]
+    [InlineData(NbdCommand.Read)]
+    [InlineData(NbdCommand.Write)]
+    [InlineData(NbdCommand.Trim)]
+    [InlineData(NbdCommand.WriteZeroes)]
+    [InlineData(NbdCommand.Cache)]
+    [InlineData(NbdCommand.BlockStatus)]
+    public async Task Zero_length_requests_with_structured_replies_get_one_valid_error_reply(NbdCommand cmd)
+    {
+        var (server, _) = Serve(StoreCapabilities.Write | StoreCapabilities.Flush | StoreCapabilities.Trim |
+                                StoreCapabilities.WriteZeroes | StoreCapabilities.Extents);
+        await using var __ = server;
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Go("d", structured: true, baseAllocation: true);
+        c.SendRequest(cmd, 4096, 0, cookie: 77);
+        var chunk = c.ReadChunk();
+        Assert.Equal(77UL, chunk.Cookie);
+        // Never an OFFSET_DATA chunk without data (libnbd drops the connection on that): one final error.
+        Assert.True((chunk.Flags & (ushort)NbdReplyChunkFlags.Done) != 0, "the only chunk must be final");
+        Assert.Contains(chunk.Type, new[] { NbdReplyChunkType.Error, NbdReplyChunkType.None });
+        var error = (NbdError)BinaryPrimitives.ReadUInt32BigEndian(chunk.Payload);
+        Assert.Equal(cmd is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid, error);
+        c.SendRequest(NbdCommand.Read, 0, 16, cookie: 1000);
+        var ok = c.ReadRead(structured: true, 0, 16);
+        Assert.Equal((NbdError.None, 1000UL), (ok.Error, ok.Cookie));
     }
 
     private static void AssertStillServes(RawNbdClient c)
@@ -303,16 +335,20 @@ public class TransmissionTests
     [Fact]
     public async Task Graceful_stop_fails_new_requests_with_ESHUTDOWN_and_closes()
     {
-        var server = new TestServer(new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(2) });
+        // The grace period only bounds how long the stop waits for the held read; the stop ends as soon as it is
+        // answered, so a long one costs nothing and cannot expire while a loaded machine gets to gate.Set().
+        var server = new TestServer(new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(60) });
         var store = server.Add("d", new ArrayBlockStore(Size));
+        var reading = new ManualResetEventSlim();
         var gate = new ManualResetEventSlim();
-        store.Fault = op => { if (op == "read") gate.Wait(5000); return null; };
+        store.Fault = op => { if (op == "read") { reading.Set(); gate.Wait(TimeSpan.FromSeconds(60)); } return null; };
         using var c = RawNbdClient.Connect(server.TcpEndPoint);
         c.Go("d");
         c.SendRequest(NbdCommand.Read, 0, 512, cookie: 1);
-        await Task.Delay(100);
+        Assert.True(reading.Wait(TimeSpan.FromSeconds(30)), "the first read never reached the store");
+        // StopAsync raises the stop flag before its first await, so requests sent after this line are refused.
         var stop = server.DisposeAsync().AsTask();
-        await Task.Delay(100);
+        Assert.True(server.Server.IsStopping);
         c.SendRequest(NbdCommand.Read, 0, 512, cookie: 2);
         var shut = c.ReadSimpleReply();
         Assert.Equal((NbdError.Shutdown, 2UL), (shut.Error, shut.Cookie));
@@ -320,6 +356,8 @@ public class TransmissionTests
         var inFlight = c.ReadSimpleReply(512);
         Assert.Equal((NbdError.None, 1UL), (inFlight.Error, inFlight.Cookie));
         Assert.True(c.WaitForClose());
+        // The server waits for the client's close (within the grace period) before it finishes stopping.
+        c.Dispose();
         await stop;
         Assert.True(store.Disposed);
     }

@@ -39,6 +39,13 @@ internal sealed class BenchHost : IDisposable
     /// <summary>Starts "serve --port 0 ARGS" and waits for its "READY port" line.</summary>
     public static BenchHost Start(params string[] args)
     {
+        var (process, ready) = Launch(["serve", "--port", "0", .. args]);
+        return new BenchHost(process, int.Parse(ready.AsSpan(6)));
+    }
+
+    /// <summary>Runs the bench host with <paramref name="args"/> and waits for its first line, which must start with "READY ".</summary>
+    public static (Process Process, string ReadyLine) Launch(params string[] args)
+    {
         var psi = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true,
@@ -46,21 +53,18 @@ internal sealed class BenchHost : IDisposable
             UseShellExecute = false,
         };
         psi.ArgumentList.Add(Locate());
-        psi.ArgumentList.Add("serve");
-        psi.ArgumentList.Add("--port");
-        psi.ArgumentList.Add("0");
         foreach (var a in args)
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
         var stderr = process.StandardError.ReadToEndAsync();
         var line = process.StandardOutput.ReadLineAsync();
-        if (!line.Wait(TimeSpan.FromSeconds(30)) || line.Result is not { } ready || !ready.StartsWith("READY ", StringComparison.Ordinal))
+        if (!line.Wait(TimeSpan.FromSeconds(60)) || line.Result is not { } ready || !ready.StartsWith("READY ", StringComparison.Ordinal))
         {
             try { process.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             process.WaitForExit(5000);
-            Assert.Fail($"the bench host did not report READY; stderr:\n{(stderr.IsCompleted ? stderr.Result : "")}");
+            Assert.Fail($"the bench host ({string.Join(' ', args)}) did not report READY; stderr:\n{(stderr.IsCompleted ? stderr.Result : "")}");
         }
-        return new BenchHost(process, int.Parse(line.Result!.AsSpan(6)));
+        return (process, line.Result!);
     }
 
     /// <summary>SIGKILL: no managed code of the server runs after this, no flush, no close.</summary>

@@ -21,7 +21,7 @@ internal sealed class RawNbdClient : IDisposable
     private RawNbdClient(Socket socket)
     {
         _socket = socket;
-        _socket.ReceiveTimeout = 10_000;
+        _socket.ReceiveTimeout = (int)ReplyWait.TotalMilliseconds;
     }
 
     public Socket Socket => _socket;
@@ -179,7 +179,15 @@ internal sealed class RawNbdClient : IDisposable
     }
 
     /// <summary>True if the server closed the connection (reads hit EOF) within the timeout.</summary>
-    public bool WaitForClose(int timeoutMs = 5000)
+    /// <summary>
+    /// How long a read waits for the server. Only a server that never answers runs into it, so it is long: on a
+    /// loaded machine (CI beside other builds, stress-ng) a correct server can take seconds to be scheduled.
+    /// </summary>
+    public static readonly TimeSpan ReplyWait = TimeSpan.FromSeconds(60);
+
+    public bool WaitForClose() => WaitForClose((int)ReplyWait.TotalMilliseconds);
+
+    public bool WaitForClose(int timeoutMs)
     {
         _socket.ReceiveTimeout = timeoutMs;
         var buf = new byte[4096];

@@ -1,16 +1,17 @@
+using System.Net.Sockets;
 using NbdPowerShell.Engine.Client;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
 
-namespace NbdPowerShell;
+namespace NbdPowerShell.Engine.Hosting;
 
 /// <summary>
-/// The fixed catalogue of error ids (the first part of FullyQualifiedErrorId) and which engine exception
-/// maps to which. Categories and recommended actions live in <see cref="ErrorRecords"/>; this class has no
-/// PowerShell dependency so it can be unit tested on plain .NET.
+/// The fixed catalogue of error ids (the first part of a cmdlet's FullyQualifiedErrorId) and which engine
+/// exception maps to which. The service sends these ids in its error replies, so a failure reads the same whether
+/// it happened in the pwsh process or in the service. Categories and recommended actions live in the module.
 /// </summary>
-internal static class ErrorIds
+public static class ErrorIds
 {
     public const string ExportNotFound = "NbdExportNotFound";
     public const string ExportAlreadyExists = "NbdExportAlreadyExists";
@@ -35,19 +36,24 @@ internal static class ErrorIds
     public const string StorageError = "NbdStorageError";
     public const string KernelError = "NbdKernelError";
     public const string InvalidArgument = "NbdInvalidArgument";
+    public const string ServerStopped = "NbdServerStopped";
+    public const string ServiceUnavailable = "NbdServiceUnavailable";
+    public const string IOError = "NbdIOError";
+    public const string UnexpectedError = "NbdUnexpectedError";
 
     public static IReadOnlyList<string> All { get; } =
     [
         ExportNotFound, ExportAlreadyExists, ExportBusy, AddressInUse, DeviceNotFound, DeviceBusy, DeviceMounted,
         PermissionDenied, KernelModuleMissing, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
-        ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported, PathNotFound, StorageError, KernelError,
-        InvalidArgument,
+        ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported,
+        PathNotFound, StorageError, KernelError, InvalidArgument, ServerStopped, ServiceUnavailable, IOError, UnexpectedError,
     ];
 
-    /// <summary>The catalogue id for an engine (or argument) exception; null when it is not an expected failure.</summary>
+    /// <summary>The catalogue id for an engine (or argument) exception; null when it is not an expected failure (a bug).</summary>
     public static string? Classify(Exception exception) => exception switch
     {
-        NbdModuleException m => m.ErrorId,
+        NbdHostException h => h.ErrorId,
+        Service.NbdServiceNotRunningException => ServiceUnavailable,
         NbdServerException s => s.Reason switch
         {
             NbdServerError.ExportAlreadyExists => ExportAlreadyExists,
@@ -56,7 +62,8 @@ internal static class ErrorIds
             NbdServerError.AddressInUse => AddressInUse,
             NbdServerError.PermissionDenied => PermissionDenied,
             NbdServerError.InvalidAddress => InvalidArgument,
-            _ => ExportNotFound,
+            NbdServerError.Stopped => ServerStopped,
+            _ => UnexpectedError,
         },
         NbdExportNotFoundException => ExportNameUnknown,
         NbdTlsRequiredException => TlsRequired,
@@ -64,7 +71,7 @@ internal static class ErrorIds
         NbdCertificateValidationException => CertificateInvalid,
         NbdTlsHandshakeException => TlsHandshakeFailed,
         NbdOptionErrorException or NbdProtocolException => HandshakeFailed,
-        NbdTimeoutException => Timeout,
+        NbdTimeoutException or TimeoutException => Timeout,
         NbdConnectionRefusedException or NbdConnectionException => ConnectionFailed,
         NbdClientException => HandshakeFailed,
         NbdKernelException k => All.Contains(k.ErrorId) ? k.ErrorId : KernelError,
@@ -74,14 +81,16 @@ internal static class ErrorIds
         UnauthorizedAccessException => PermissionDenied,
         FileNotFoundException or DirectoryNotFoundException => PathNotFound,
         ArgumentException or FormatException => InvalidArgument,
+        SocketException => ConnectionFailed,
+        IOException => IOError,
         _ => null,
     };
 }
 
-/// <summary>A failure found by the module itself (not the engine), carrying its catalogue id.</summary>
-internal sealed class NbdModuleException : Exception
+/// <summary>A failure that already carries its catalogue id: found by the module, or reported by the service.</summary>
+public sealed class NbdHostException : Exception
 {
-    public NbdModuleException(string errorId, string message, Exception? inner = null) : base(message, inner) => ErrorId = errorId;
+    public NbdHostException(string errorId, string message, Exception? inner = null) : base(message, inner) => ErrorId = errorId;
 
     public string ErrorId { get; }
 }
