@@ -117,6 +117,9 @@ internal static class OutputMapper
             Mode = info?.Mode?.ToString(),
             Counters = owner?.Counters ?? new Dictionary<string, long>(),
             History = owner?.History.Select(e => new NbdSessionEvent(e.Time, e.Event, e.Message)).ToArray() ?? [],
+            ReconnectCount = owner?.Counters.TryGetValue("Reconnects", out long reconnects) == true ? (int)reconnects : null,
+            LastLossTime = owner?.LastLossTime,
+            LastLossReason = owner?.LastLossReason,
         };
     }
 

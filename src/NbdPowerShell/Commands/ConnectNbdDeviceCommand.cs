@@ -20,6 +20,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     private const string ComputerNameSet = "ComputerName";
     private const string SocketPathSet = "SocketPath";
     private const string InputObjectSet = "InputObject";
+    private const string UriSet = "Uri";
 
     [Parameter(ParameterSetName = ComputerNameSet, Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
     [Alias("Server", "CN")]
@@ -40,6 +41,14 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     [Parameter(ParameterSetName = SocketPathSet, Mandatory = true, ValueFromPipelineByPropertyName = true)]
     [ValidateNotNullOrEmpty]
     public string SocketPath { get; set; } = "";
+
+    /// <summary>
+    /// NBD URIs of the export (nbd://host:port/export, nbds://..., nbd+unix:///export?socket=path). Several are
+    /// failover servers of one read-only image; the NbdPowerShell service supervises such a device.
+    /// </summary>
+    [Parameter(ParameterSetName = UriSet, Mandatory = true, ValueFromPipelineByPropertyName = true)]
+    [ValidateNotNullOrEmpty]
+    public string[] Uri { get; set; } = [];
 
     /// <summary>An NbdExport (attached in-process through a socket pair) or an NbdRemoteExport.</summary>
     [Parameter(ParameterSetName = InputObjectSet, Mandatory = true, ValueFromPipeline = true)]
@@ -98,9 +107,21 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         }
 
         NbdUri uri;
+        List<NbdUri>? servers = null;
         (string Name, HostScope Scope)? local = null;
         switch (ParameterSetName)
         {
+            case UriSet:
+                if (!TryParseUris(Uri, out servers))
+                    return;
+                if (servers.Count > 1 && !ReadOnly)
+                {
+                    WriteNbdError(ErrorIds.InvalidArgument,
+                        "Several -Uri are failover servers of one read-only image: add -ReadOnly. A writable device reconnects only to the server it was attached to (writes acknowledged by one server are not on another).", Uri);
+                    return;
+                }
+                uri = servers[0];
+                break;
             case SocketPathSet:
                 uri = NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), ExportName, WantsTls);
                 break;
@@ -120,8 +141,9 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                 $"Export '{local.Value.Name}' is served by this PowerShell process and ends with it, so a device attached to it cannot be persistent; start the export with -Persistent first.", uri.ToString());
             return;
         }
-        // The service owns what must outlive this pwsh: persistent devices, TLS relays, and devices of its own exports.
-        var owner = local?.Scope ?? (Persistent || uri.Tls ? HostScope.Service : HostScope.Process);
+        // The service owns what must outlive this pwsh: persistent devices (supervised), failover lists, TLS relays,
+        // and devices of its own exports.
+        var owner = local?.Scope ?? (Persistent || uri.Tls || servers is { Count: > 1 } ? HostScope.Service : HostScope.Process);
 
         if (!NewDevice && FindAttached(uri, index) is { } existing)
         {
@@ -131,7 +153,8 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         }
 
         string by = owner == HostScope.Service ? " (owned by the NbdPowerShell service)" : local is not null ? " (served by this process)" : "";
-        string target = $"{uri}{by} as {(index is int i ? $"/dev/nbd{i}" : "the first free nbd device")}";
+        string what = servers is { Count: > 1 } ? $"{uri} (failover: {string.Join(", ", servers.Skip(1))})" : uri.ToString();
+        string target = $"{what}{by} as {(index is int i ? $"/dev/nbd{i}" : "the first free nbd device")}";
         if (!ShouldProcess(target, Persistent ? "Connect persistent NBD device" : "Connect NBD device"))
             return;
 
@@ -139,7 +162,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         {
             var request = new DeviceRequest
             {
-                Uris = [uri.ToString()],
+                Uris = servers?.Select(u => u.ToString()).ToArray() ?? [uri.ToString()],
                 LocalExport = local?.Name,
                 Tls = local is null ? BuildTlsSpec() : null,
                 ReadOnly = ReadOnly,
