@@ -40,6 +40,7 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
             Stop-Process -Id $servicePid -Force -ErrorAction Ignore
             $null = Wait-ProcessGone $servicePid
         }
+        Stop-TestServiceProcess $root
         $env:NBDPOWERSHELL_RUNTIME_DIR = $saved.Runtime
         $env:NBDPOWERSHELL_CONFIG_DIR = $saved.Config
         Remove-Item -Recurse -Force $root -ErrorAction SilentlyContinue
@@ -169,7 +170,12 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
             $e.ProcessId | Should -Be $service.Id
             # A client in the middle of a long stream of writes.
             $writer = Start-Process qemu-io -ArgumentList @('-f', 'raw', '-c', 'write -P 0x11 0 48M', "nbd://127.0.0.1:$($e.Port)/busy") -PassThru -RedirectStandardOutput (Join-Path $root 'qemu.out') -RedirectStandardError (Join-Path $root 'qemu.err')
-            Start-Sleep -Milliseconds 300
+            # SIGTERM only once the writes are flowing (the service has counted some), so there is something to drain.
+            $deadline = [DateTime]::UtcNow.AddSeconds(120)
+            while ((Get-NbdExport -Name busy -Scope Service).BytesWritten -eq 0 -and -not $writer.HasExited -and [DateTime]::UtcNow -lt $deadline) {
+                Start-Sleep -Milliseconds 20
+            }
+            (Get-NbdExport -Name busy -Scope Service).BytesWritten | Should -BeGreaterThan 0
             $clock = [Diagnostics.Stopwatch]::StartNew()
             kill -TERM $service.Id
             $service.WaitForExit(30000) | Should -BeTrue

@@ -96,7 +96,10 @@ Describe 'Kernel attach over TLS' -Tag 'Kernel' -Skip:(-not ($NbdTest.KernelRead
         Stop-AllTestExports
     }
     # The relays run in the service (on this run's private directories): stop it when done.
-    AfterAll { Stop-NbdService -Confirm:$false -ErrorAction SilentlyContinue }
+    AfterAll {
+        Stop-NbdService -Confirm:$false -ErrorAction SilentlyContinue
+        Stop-TestServiceProcess $env:NBDPOWERSHELL_RUNTIME_DIR
+    }
 
     It 'attaches a TLS export through a relay in the service, writes, reads back and disconnects' {
         $e = Start-NbdExport -Memory -Size 16MB -Name ktls -Port 0 -CertificatePath $cert -KeyPath $key

@@ -46,6 +46,18 @@ function global:Stop-AllTestExports {
     Get-NbdExport | Stop-NbdExport -Force -Confirm:$false -ErrorAction SilentlyContinue
 }
 
+# Kills the processes whose command line names a test's private directory: the service a test started there (its
+# command line holds the runtime directory), when Stop-NbdService could not stop it because a test failed or it hung.
+# Found by that unique directory, never by a process name, so nothing another test run started is touched.
+function global:Stop-TestServiceProcess([string]$Directory) {
+    foreach ($entry in [IO.Directory]::GetDirectories('/proc')) {
+        $id = 0
+        if (-not [int]::TryParse([IO.Path]::GetFileName($entry), [ref]$id) -or $id -eq $PID) { continue }
+        $commandLine = try { [IO.File]::ReadAllText("$entry/cmdline") } catch { '' }
+        if ($commandLine.Contains($Directory)) { Stop-Process -Id $id -Force -ErrorAction Ignore }
+    }
+}
+
 # Runs a script block in another runspace of this process (like Start-ThreadJob, which a source-built pwsh
 # may lack). Returns the PowerShell instance; call .EndInvoke($handle) or .Dispose() on it when done.
 function global:Start-BackgroundRunspace([scriptblock]$ScriptBlock, [object[]]$ArgumentList) {

@@ -137,7 +137,9 @@ internal sealed class ControlServer : IAsyncDisposable
                 if (payload is null)
                     return;
                 var reply = await HandleAsync(client, payload).ConfigureAwait(false);
-                await ControlProtocol.WriteFrameAsync(client, JsonSerializer.SerializeToUtf8Bytes(reply, ControlProtocol.Json), FrameTimeout, _stopping.Token).ConfigureAwait(false);
+                // Not cancelled by the stop: a reply that is ready is delivered (bounded by FrameTimeout; DisposeAsync
+                // waits for it). Above all the answer to service.stop itself, whose stop begins before it is written.
+                await ControlProtocol.WriteFrameAsync(client, JsonSerializer.SerializeToUtf8Bytes(reply, ControlProtocol.Json), FrameTimeout, CancellationToken.None).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is SocketException or IOException or TimeoutException or ObjectDisposedException or OperationCanceledException)

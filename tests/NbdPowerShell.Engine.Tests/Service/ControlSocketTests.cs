@@ -181,6 +181,16 @@ public sealed class ControlSocketTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task A_stop_request_is_answered_although_the_stop_begins_before_the_answer_is_written()
+    {
+        // As in the service process: the stop starts the moment it is requested, racing the reply to service.stop.
+        var stopped = _service.Service.StopRequested.ContinueWith(_ => _service.StopInProcessAsync(), TaskScheduler.Default).Unwrap();
+        await _service.Client.StopServiceAsync(CancellationToken.None);
+        await stopped.WaitAsync(TimeSpan.FromSeconds(60));
+        Assert.False(File.Exists(_service.Paths.ControlSocket));
+    }
+
     [RootFact]
     public void The_control_socket_is_root_only_and_other_users_are_refused_by_their_credentials()
     {
