@@ -7,6 +7,10 @@
 # machine's speed spreads over all of them. A benchmark, not a test: numbers vary by machine.
 #
 #   bench/run.sh [--runtime SECONDS] [--repeat N] [--servers a,b,...] [--rows a,b,...] [--size 4G] [--dir DIR]
+#                [--baseline BENCH-HOST]
+#
+# --baseline names another build of bench/NbdPowerShell.Bench (say, of main, for an A/B of a change):
+# it adds the servers baseline-file and baseline-memory, and the ratios engine / baseline.
 #
 # Runtime: each row runs a 1 s warm-up and then RUNTIME seconds, so one repetition of all six
 # servers and six rows takes about 36 x (RUNTIME + 3) s plus 10 s per server for the pre-fill:
@@ -15,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runtime=8; repeat=3; size=4G; dir=${TMPDIR:-/tmp}/nbdps-bench.$$
 all_servers=engine-file,nbdkit-file,nbd-server,qemu-nbd-file,engine-memory,nbdkit-memory
-servers_arg=$all_servers; rows_arg=
+servers_arg=$all_servers; rows_arg=; baseline=
 while [ $# -gt 0 ]; do
     case $1 in
         --runtime) runtime=$2; shift 2;;
@@ -24,6 +28,7 @@ while [ $# -gt 0 ]; do
         --rows) rows_arg=$2; shift 2;;
         --size) size=$2; shift 2;;
         --dir) dir=$2; shift 2;;
+        --baseline) baseline=$(realpath "$2"); shift 2;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
@@ -120,6 +125,10 @@ for rep in $(seq "$repeat"); do
                 PIDFILE=$dir/nbd-server.pid bench_server "$rep" "$s" nbd-server -C "$dir/nbd-server.conf" -p "$dir/nbd-server.pid";;
             qemu-nbd-file) bench_server "$rep" "$s" qemu-nbd -f raw -x bench -b 127.0.0.1 -p $port -t --shared=16 --aio=threads "$(img qemu)";;
             engine-memory) bench_server "$rep" "$s" $engine serve --port $port --memory "bench:$size";;
+            baseline-file|baseline-memory)
+                [ -n "$baseline" ] || { echo "$s needs --baseline" >&2; exit 2; }
+                if [ $s = baseline-file ]; then what=(--file "bench:$(img baseline)"); else what=(--memory "bench:$size"); fi
+                bench_server "$rep" "$s" "$baseline" serve --port $port "${what[@]}";;
             nbdkit-memory) bench_server "$rep" "$s" nbdkit -f --exit-with-parent -i 127.0.0.1 -p $port memory "$size";;
             *) echo "unknown server $s (known: $all_servers)" >&2; exit 2;;
         esac
@@ -157,19 +166,19 @@ print("workload".ljust(w) + "".join(s.rjust(16) for s in servers))
 for r in rows:
     print(r.ljust(w) + "".join((f"{c:.3f}" if (c := cpu_per_gib(s, r)) is not None else "-").rjust(16) for s in servers))
 pairs = [("engine-file", "nbdkit-file"), ("engine-file", "nbd-server"), ("engine-file", "qemu-nbd-file"),
-         ("engine-memory", "nbdkit-memory")]
+         ("engine-memory", "nbdkit-memory"), ("engine-file", "baseline-file"), ("engine-memory", "baseline-memory")]
 pairs = [p for p in pairs if p[0] in servers and p[1] in servers]
 if pairs:
     print("\nratios, engine / peer by MiB/s (median of the per-repetition ratios)")
-    print("workload".ljust(w) + "".join(f"{a.split('-')[1]}/{b}".rjust(22) for a, b in pairs))
+    print("workload".ljust(w) + "".join(f"{a.split('-')[1]}/{b}".rjust(24) for a, b in pairs))
     for r in rows:
         out = r.ljust(w)
         for a, b in pairs:
             va, vb = cells.get((a, r)), cells.get((b, r))
             if not va or not vb:
-                out += "-".rjust(22); continue
+                out += "-".rjust(24); continue
             ratios = [x[0] / y[0] for x, y in zip(va, vb) if y[0] > 0]
-            out += f"{statistics.median(ratios):.2f}x".rjust(22)
+            out += f"{statistics.median(ratios):.2f}x".rjust(24)
         print(out)
 for s in servers:
     if (s, "rss-kib") in cells:

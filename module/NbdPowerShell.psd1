@@ -21,6 +21,8 @@
         'Get-NbdSession'
         'Disconnect-NbdDevice'
         'Get-NbdDevice'
+        'Copy-NbdDisk'
+        'Get-NbdDiskHash'
         'Get-NbdService'
         'Start-NbdService'
         'Stop-NbdService'

@@ -66,17 +66,19 @@ Describe 'Find-NbdExport' -Skip:(-not $IsLinux) {
     }
 }
 
+# -Driver Nbd: the nbd path negotiates in this process before it needs the driver (Auto would go to FUSE through the
+# service on a machine without nbd; NbdFuse.Tests.ps1 covers that path).
 Describe 'Connect-NbdDevice errors before the kernel is involved' -Skip:(-not $IsLinux) {
     BeforeAll { $script:e = Start-NbdExport -Memory -Size 1MB -Name conn -Port 0 }
     AfterAll { Stop-AllTestExports }
 
     It 'writes NbdConnectionFailed when nothing listens' {
-        { Connect-NbdDevice -ComputerName 127.0.0.1 -Port (Get-FreeTcpPort) -ExportName x -ErrorAction Stop } |
+        { Connect-NbdDevice -ComputerName 127.0.0.1 -Port (Get-FreeTcpPort) -ExportName x -Driver Nbd -ErrorAction Stop } |
             Should -Throw -ErrorId 'NbdConnectionFailed,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
     }
 
     It 'writes NbdExportNameUnknown for an export the server does not have' {
-        { Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName nope -ErrorAction Stop } |
+        { Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName nope -Driver Nbd -ErrorAction Stop } |
             Should -Throw -ErrorId 'NbdExportNameUnknown,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
     }
 

@@ -87,9 +87,9 @@ Describe 'Errors' {
 Describe 'Module' {
     It 'exports exactly the manifest cmdlets' {
         (Get-Command -Module NbdPowerShell).Name | Sort-Object | Should -Be @(
-            'Connect-NbdDevice', 'Disconnect-NbdDevice', 'Find-NbdExport', 'Get-NbdDevice', 'Get-NbdExport',
-            'Get-NbdService', 'Get-NbdSession', 'Install-NbdService', 'Start-NbdExport', 'Start-NbdService', 'Stop-NbdExport',
-            'Stop-NbdService', 'Uninstall-NbdService', 'Wait-NbdExport')
+            'Connect-NbdDevice', 'Copy-NbdDisk', 'Disconnect-NbdDevice', 'Find-NbdExport', 'Get-NbdDevice',
+            'Get-NbdDiskHash', 'Get-NbdExport', 'Get-NbdService', 'Get-NbdSession', 'Install-NbdService', 'Start-NbdExport',
+            'Start-NbdService', 'Stop-NbdExport', 'Stop-NbdService', 'Uninstall-NbdService', 'Wait-NbdExport')
     }
 
     It 'stops the exports of this process when removed' {

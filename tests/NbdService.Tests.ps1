@@ -140,6 +140,15 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
     It 'refuses callers that are not root with NbdPermissionDenied' -Skip:(-not (Test-Path /usr/bin/setpriv)) {
         foreach ($dir in $root, $env:NBDPOWERSHELL_RUNTIME_DIR) { chmod o+x $dir }
         $nobody = @('/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/env', 'HOME=/tmp', 'DOTNET_CLI_HOME=/tmp')
+        # pwsh as a .NET tool lives under root's home, which nobody cannot read; the engine test
+        # (ControlSocketTests, SO_PEERCRED) covers the refusal then.
+        $pwshFile = @(Get-PwshCommand)[0][-1]
+        & $nobody[0] $nobody[1..3] /usr/bin/test -r $pwshFile
+        if ($LASTEXITCODE -ne 0) {
+            $global:LASTEXITCODE = 0
+            Set-ItResult -Skipped -Because "user nobody cannot read $pwshFile (pwsh installed under root's home)"
+            return
+        }
         $step = Invoke-PwshStep 'try { Get-NbdService -ErrorAction Stop } catch { "$($_.FullyQualifiedErrorId)|$($_.Exception.Message)" }' -Prefix $nobody
         $step.Output | Should -Match '^NbdPermissionDenied,NbdPowerShell.Commands.GetNbdServiceCommand\|'
         # Past the file permission, the service's own check (SO_PEERCRED) refuses as well.
@@ -169,13 +178,21 @@ Describe 'NbdPowerShell service' -Skip:(-not $CanRun) {
             $e = Start-NbdExport -Path $image -Name busy -Port 0 -Persistent
             $e.ProcessId | Should -Be $service.Id
             # A client in the middle of a long stream of writes.
-            $writer = Start-Process qemu-io -ArgumentList @('-f', 'raw', '-c', 'write -P 0x11 0 48M', "nbd://127.0.0.1:$($e.Port)/busy") -PassThru -RedirectStandardOutput (Join-Path $root 'qemu.out') -RedirectStandardError (Join-Path $root 'qemu.err')
-            # SIGTERM only once the writes are flowing (the service has counted some), so there is something to drain.
+            # ProcessStartInfo.ArgumentList, not Start-Process: Start-Process joins its arguments with spaces
+            # unquoted, which would split the qemu-io command in two.
+            $writerStart = [Diagnostics.ProcessStartInfo]::new('qemu-io')
+            foreach ($a in '-f', 'raw', '-c', 'write -P 0x11 0 48M', "nbd://127.0.0.1:$($e.Port)/busy") { $writerStart.ArgumentList.Add($a) }
+            $writerStart.RedirectStandardOutput = $true
+            $writerStart.RedirectStandardError = $true
+            $writer = [Diagnostics.Process]::Start($writerStart)
+            $writerErr = $writer.StandardError.ReadToEndAsync()
+            $null = $writer.StandardOutput.ReadToEndAsync()
+            # SIGTERM only once the writer is connected (the service counted its connection), so there is a client to drain.
             $deadline = [DateTime]::UtcNow.AddSeconds(120)
-            while ((Get-NbdExport -Name busy -Scope Service).BytesWritten -eq 0 -and -not $writer.HasExited -and [DateTime]::UtcNow -lt $deadline) {
+            while ((Get-NbdExport -Name busy -Scope Service).TotalConnections -eq 0 -and -not $writer.HasExited -and [DateTime]::UtcNow -lt $deadline) {
                 Start-Sleep -Milliseconds 20
             }
-            (Get-NbdExport -Name busy -Scope Service).BytesWritten | Should -BeGreaterThan 0
+            (Get-NbdExport -Name busy -Scope Service).TotalConnections | Should -BeGreaterThan 0 -Because "qemu-io must have connected ($(if ($writer.HasExited) { $writerErr.Result }))"
             $clock = [Diagnostics.Stopwatch]::StartNew()
             kill -TERM $service.Id
             $service.WaitForExit(30000) | Should -BeTrue

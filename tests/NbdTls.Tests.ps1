@@ -4,19 +4,6 @@
 BeforeDiscovery { $script:HasOpenssl = [bool](Get-Command openssl -ErrorAction Ignore) }
 
 BeforeAll {
-    function script:New-TestPki([string]$Dir) {
-        $null = New-Item -ItemType Directory -Force $Dir
-        Push-Location $Dir
-        try {
-            openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 1 -subj '/CN=NbdPowerShell Pester CA' `
-                -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>$null
-            openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj '/CN=localhost' 2>$null
-            Set-Content server.ext "subjectAltName=DNS:localhost,IP:127.0.0.1`nextendedKeyUsage=serverAuth`nbasicConstraints=CA:FALSE"
-            openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 1 -extfile server.ext 2>$null
-            if (-not (Test-Path server-cert.pem)) { throw 'openssl did not make the test certificates' }
-        }
-        finally { Pop-Location; $global:LASTEXITCODE = 0 }
-    }
     $script:pki = Join-Path ([IO.Path]::GetTempPath()) "nbdps-pester-tls-$PID"
     New-TestPki $pki
     $script:ca = Join-Path $pki 'ca-cert.pem'

@@ -78,6 +78,22 @@ function global:Stop-BackgroundRunspace($Background) {
 # forks the real pwsh, so a kill of the shim leaves PowerShell running. Starting exactly what runs this process
 # gives a child that a kill stops.
 
+# Makes a test CA and a server certificate for localhost/127.0.0.1 with openssl in Dir (created if missing):
+# ca-cert.pem, server-cert.pem, server-key.pem. Never committed; throws when openssl made nothing.
+function global:New-TestPki([string]$Dir) {
+    $null = New-Item -ItemType Directory -Force $Dir
+    Push-Location $Dir
+    try {
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem -days 1 -subj '/CN=NbdPowerShell Pester CA' `
+            -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>$null
+        openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj '/CN=localhost' 2>$null
+        Set-Content server.ext "subjectAltName=DNS:localhost,IP:127.0.0.1`nextendedKeyUsage=serverAuth`nbasicConstraints=CA:FALSE"
+        openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial -out server-cert.pem -days 1 -extfile server.ext 2>$null
+        if (-not (Test-Path server-cert.pem)) { throw 'openssl did not make the test certificates' }
+    }
+    finally { Pop-Location; $global:LASTEXITCODE = 0 }
+}
+
 # The command (program, then leading arguments) that starts a pwsh like this one.
 function global:Get-PwshCommand {
     $exe = [Environment]::ProcessPath
@@ -137,7 +153,8 @@ function global:Invoke-ChildPwsh {
 # ExitCode, Output, Errors and, when the script's last output line is JSON, Json. -Prefix runs the pwsh through
 # another program (setpriv to run it as another user).
 function global:Invoke-PwshStep([string]$Script, [int]$TimeoutSeconds = 300, [string[]]$Prefix = @()) {
-    $command = @($Prefix) + @(Get-PwshCommand)
+    # Get-PwshCommand emits its command as one array (unrolled here by the parentheses, not nested by @()).
+    $command = @($Prefix) + (Get-PwshCommand)
     $start = [Diagnostics.ProcessStartInfo]::new($command[0])
     foreach ($a in @($command | Select-Object -Skip 1) + @('-NoProfile', '-NonInteractive', '-Command', "`$ErrorActionPreference = 'Stop'; `$ProgressPreference = 'SilentlyContinue'; Import-Module '$NbdModulePath'; $Script")) {
         $start.ArgumentList.Add($a)

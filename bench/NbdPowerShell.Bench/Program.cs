@@ -7,10 +7,16 @@ using NbdPowerShell.Engine.Storage;
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
+//          [--cached-read-maximum BYTES] [--reply-batch-bytes BYTES]
 //        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
+//        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
+//        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
+//        Copy or hash disks (NBD URIs or local paths) with the engine alone, as Copy-NbdDisk and Get-NbdDiskHash do.
 //        NbdPowerShell.Bench fuse-attach|fuse-cleanup ... (see FuseCommands.cs)
 //        NbdPowerShell.Bench service RUNTIME_DIR CONFIG_DIR
 //        Runs the NbdPowerShell service (what pwsh runs for the module) until SIGTERM, for tests that kill it.
+if (args.Length > 0 && args[0] is "copy" or "hash")
+    return await DiskCommands.RunAsync(args);
 if (args.Length == 3 && args[0] == "service")
     return NbdService.Run(args[1], args[2]);
 if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
@@ -18,6 +24,8 @@ if (args.Length > 0 && args[0].StartsWith("fuse-", StringComparison.Ordinal))
 if (args.Length == 0 || args[0] != "serve")
 {
     Console.Error.WriteLine("usage: serve [--port N] [--address A] [--unix PATH] [--memory NAME:SIZE] [--file NAME:PATH] [--cow NAME:PATH] [--read-only]");
+    Console.Error.WriteLine("       copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]");
+    Console.Error.WriteLine("       hash SOURCE [--algorithm NAME] [--connections N]");
     Console.Error.WriteLine("       fuse-attach --uri URI|--memory MIB [--readers N] [--runtime-dir DIR] [--connections N] [--read-only] [--no-direct-io] [--max-in-flight N]");
     Console.Error.WriteLine("       fuse-cleanup [--runtime-dir DIR] [--force]");
     Console.Error.WriteLine("       service RUNTIME_DIR CONFIG_DIR");
@@ -45,6 +53,8 @@ for (int i = 1; i < args.Length; i++)
         case "--splice-minimum": RequestExecutor.SpliceMinimum = int.Parse(Next()); break;
         case "--splice-file-reads": splicing = Enum.Parse<FileReadSplicing>(Next(), ignoreCase: true); break;
         case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
+        case "--cached-read-maximum": ClientConnection.CachedReadMaximum = int.Parse(Next()); break; // 0: every file read to a worker
+        case "--reply-batch-bytes": ReplyBatch.FlushBytes = int.Parse(Next()); break;
         case "--memory":
         {
             var (name, size) = Split(Next());

@@ -1,7 +1,9 @@
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Fuse;
 using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Kernel.Supervision;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Service.Messages;
@@ -85,6 +87,7 @@ internal static class OutputMapper
         if (uri is null && (info?.BackendIdentifier ?? owner?.Uri) is { } text)
             NbdUri.TryParse(text, out uri);
         bool here = owner is not null && owner.ProcessId == Environment.ProcessId;
+        bool fuse = owner?.Kind == FuseDeviceKind.KindName;
         bool relayed = owner?.Transport == "TLS relay" && owner.State != "Broken";
         int index = info?.Index ?? owner?.Index ?? -1;
         return new NbdSession
@@ -96,15 +99,18 @@ internal static class OutputMapper
             ExportName = uri?.ExportName,
             SocketPath = uri?.SocketPath,
             Uri = uri?.ToString(),
-            Size = info?.Size ?? 0,
-            BlockSize = info?.BlockSize ?? 0,
-            IsReadOnly = info?.IsReadOnly ?? false,
-            IsConnected = info?.IsConnected ?? false,
+            Size = info?.Size ?? owner?.Size ?? 0,
+            BlockSize = info?.BlockSize ?? owner?.BlockSize ?? 0,
+            IsReadOnly = info?.IsReadOnly ?? owner?.IsReadOnly ?? false,
+            // A FUSE device has no nbd entry in the kernel: it is connected while its owner serves it.
+            IsConnected = info?.IsConnected ?? (fuse && owner!.State == "Connected"),
             State = owner?.State ?? (info?.IsConnected == true ? "Connected" : "Disconnected"),
             StatusMessage = owner?.Message,
             Connections = info?.Connections,
             Timeout = info?.TimeoutSeconds,
-            MountPoints = info?.MountPoints.ToArray() ?? [],
+            MountPoints = info?.MountPoints.ToArray() ?? owner?.MountPoints?.ToArray() ?? [],
+            Driver = fuse ? "Fuse" : "Nbd",
+            BackingFile = owner?.BackingFile,
             BackendIdentifier = info?.BackendIdentifier,
             Scope = owner?.Scope.ToString(),
             OwnerProcessId = owner?.ProcessId,
@@ -117,7 +123,8 @@ internal static class OutputMapper
             Mode = info?.Mode?.ToString(),
             Counters = owner?.Counters ?? new Dictionary<string, long>(),
             History = owner?.History.Select(e => new NbdSessionEvent(e.Time, e.Event, e.Message)).ToArray() ?? [],
-            ReconnectCount = owner?.Counters.TryGetValue("Reconnects", out long reconnects) == true ? (int)reconnects : null,
+            // Only supervised devices: a FUSE device counts its own NBD reconnects under the same name, shown in Counters.
+            ReconnectCount = owner?.Kind == SupervisedDeviceKind.KindName && owner.Counters.TryGetValue("Reconnects", out long reconnects) ? (int)reconnects : null,
             LastLossTime = owner?.LastLossTime,
             LastLossReason = owner?.LastLossReason,
         };
@@ -130,6 +137,7 @@ internal static class OutputMapper
         return owner?.Transport switch
         {
             "TLS relay" or "Local socket pair" => owner.Transport + where,
+            "FUSE" => "FUSE and loop device" + where,
             _ when tls => "TLS relay (another process)",
             _ => "Plain",
         };
@@ -165,5 +173,6 @@ internal static class OutputMapper
         UnitPath = unitPath,
         IsSystemdRunning = SystemdUnit.IsSystemdRunning,
         Problems = status?.Problems.ToArray() ?? [],
+        CleanedUp = status?.CleanedUp.ToArray() ?? [],
     };
 }

@@ -97,6 +97,7 @@ public sealed class NbdRemoteExport
 public sealed record NbdSession
 {
     public string Device { get; init; } = "";
+    /// <summary>N of /dev/nbdN, or of /dev/loopN for Fuse devices.</summary>
     public int Index { get; init; }
     public string? ComputerName { get; init; }
     public int? Port { get; init; }
@@ -117,8 +118,10 @@ public sealed record NbdSession
     public int? Timeout { get; init; }
     public string[] MountPoints { get; init; } = [];
     public string? BackendIdentifier { get; init; }
-    /// <summary>Nbd: the kernel's nbd driver.</summary>
+    /// <summary>Nbd: the kernel's nbd driver (/dev/nbdN). Fuse: a loop device (/dev/loopN) bound to a FUSE file the NbdPowerShell service serves.</summary>
     public string Driver { get; init; } = "Nbd";
+    /// <summary>Fuse devices: the file in the service's FUSE mount that the loop device reads and writes; null for nbd devices.</summary>
+    public string? BackingFile { get; init; }
     /// <summary>
     /// Who owns the device: Process (this pwsh serves its export over a socket pair or runs its ioctl thread),
     /// Service (the NbdPowerShell service relays or serves it), or null when no NbdPowerShell process does (the
@@ -144,7 +147,7 @@ public sealed record NbdSession
     public string? ActiveUri { get; init; }
     /// <summary>How the device was handed to the kernel: Netlink, Ioctl, or null when it cannot be told.</summary>
     public string? Mode { get; init; }
-    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay.</summary>
+    /// <summary>The owner's counters, e.g. BytesToServer and BytesToKernel of a TLS relay; for Fuse devices Reads, Writes, Flushes, Zeroes, BytesRead, BytesWritten, Errors, InFlight, PeakInFlight, Reconnects and Connections.</summary>
     public IReadOnlyDictionary<string, long> Counters { get; init; } = new Dictionary<string, long>();
     /// <summary>What happened to the device, oldest first, as its owner recorded it.</summary>
     public NbdSessionEvent[] History { get; init; } = [];
@@ -187,6 +190,58 @@ public sealed class NbdDevice
     public override string ToString() => Device;
 }
 
+/// <summary>What Copy-NbdDisk did.</summary>
+public sealed class NbdCopyResult
+{
+    /// <summary>The source's NBD URI or path.</summary>
+    public string Source { get; init; } = "";
+    /// <summary>The destination's NBD URI or path.</summary>
+    public string Destination { get; init; } = "";
+    /// <summary>Bytes copied: the source's size.</summary>
+    public long Size { get; init; }
+    public long BytesRead { get; init; }
+    public long BytesWritten { get; init; }
+    /// <summary>Bytes not written as data: holes in the source and all-zero blocks (zeroed on the destination, or already zero there).</summary>
+    public long BytesSkipped { get; init; }
+    /// <summary>Bytes of <see cref="BytesSkipped"/> made zero on the destination with zero requests.</summary>
+    public long BytesZeroed { get; init; }
+    public TimeSpan Duration { get; init; }
+    /// <summary>Size divided by duration.</summary>
+    public double BytesPerSecond { get; init; }
+    public int SourceConnections { get; init; }
+    public int DestinationConnections { get; init; }
+    public int RequestSize { get; init; }
+    /// <summary>True when the destination file did not exist and was created.</summary>
+    public bool IsDestinationCreated { get; init; }
+    /// <summary>True when the destination was flushed to stable storage (-Flush).</summary>
+    public bool IsFlushed { get; init; }
+    /// <summary>With -Verify: whether the hashes of source and destination match; null without -Verify.</summary>
+    public bool? IsVerified { get; init; }
+    public string? HashAlgorithm { get; init; }
+    public string? SourceHash { get; init; }
+    public string? DestinationHash { get; init; }
+
+    public override string ToString() => $"{Source} -> {Destination}";
+}
+
+/// <summary>The content hash of a whole disk (Get-NbdDiskHash); equal to sha256sum (or the other algorithm's tool) of the raw image.</summary>
+public sealed class NbdDiskHash
+{
+    public string Algorithm { get; init; } = "";
+    /// <summary>Lower-case hex, as sha256sum prints it.</summary>
+    public string Hash { get; init; } = "";
+    /// <summary>The disk's NBD URI or path.</summary>
+    public string Source { get; init; } = "";
+    public long Size { get; init; }
+    public long BytesRead { get; init; }
+    /// <summary>Bytes hashed as zeroes without being read (holes).</summary>
+    public long BytesSkipped { get; init; }
+    public int Connections { get; init; }
+    public TimeSpan Duration { get; init; }
+
+    public override string ToString() => Hash;
+}
+
 /// <summary>The NbdPowerShell service: whether it runs, where its files are, what it serves (Get-NbdService).</summary>
 public sealed record NbdService
 {
@@ -214,6 +269,8 @@ public sealed record NbdService
     public bool IsSystemdRunning { get; init; }
     /// <summary>Configuration entries the service skipped and exports or devices that could not come back.</summary>
     public string[] Problems { get; init; } = [];
+    /// <summary>What the service cleaned up when it started: FUSE mounts and loop devices an earlier service left when it crashed.</summary>
+    public string[] CleanedUp { get; init; } = [];
     /// <summary>From Start-NbdService, Stop-NbdService, Install-NbdService and Uninstall-NbdService: whether the command changed something.</summary>
     public bool Changed { get; init; }
 

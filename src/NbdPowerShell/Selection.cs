@@ -60,7 +60,8 @@ internal static partial class Selection
                 continue;
             }
             var i = ParseDevice(d);
-            var match = candidates.Where(c => i is not null && indexOf(c) == i).ToList();
+            // By number for nbd devices; by exact node for the others (a FUSE device's /dev/loopN).
+            var match = candidates.Where(c => (i is not null && indexOf(c) == i) || deviceOf(c) == d.Trim()).ToList();
             if (match.Count == 0)
                 cmdlet.WriteNotFound(d, i is int e && existing.Contains(e) ? $"{d} is not {what}." : $"{d} is not an nbd device on this machine; Get-NbdDevice lists them.");
             chosen.AddRange(match);
@@ -72,6 +73,6 @@ internal static partial class Selection
                 cmdlet.WriteNotFound($"/dev/nbd{i}", existing.Contains(i) ? $"/dev/nbd{i} is not {what}." : $"/dev/nbd{i} is not an nbd device on this machine; Get-NbdDevice lists them.");
             chosen.AddRange(match);
         }
-        return chosen.DistinctBy(indexOf);
+        return chosen.DistinctBy(deviceOf);
     }
 }

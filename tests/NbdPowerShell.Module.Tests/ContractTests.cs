@@ -15,7 +15,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     public static readonly string[] ExpectedCmdlets =
     [
         "Start-NbdExport", "Get-NbdExport", "Stop-NbdExport", "Wait-NbdExport", "Find-NbdExport",
-        "Connect-NbdDevice", "Get-NbdSession", "Disconnect-NbdDevice", "Get-NbdDevice",
+        "Connect-NbdDevice", "Get-NbdSession", "Disconnect-NbdDevice", "Get-NbdDevice", "Copy-NbdDisk", "Get-NbdDiskHash",
         "Get-NbdService", "Start-NbdService", "Stop-NbdService", "Install-NbdService", "Uninstall-NbdService",
     ];
 
@@ -84,11 +84,33 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Connect-NbdDevice", "ClientCertificatePath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "ClientKeyPath", "__AllParameterSets", "String", false, -1, false, false, "" },
         { "Connect-NbdDevice", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Source", "__AllParameterSets", "PSObject", true, 0, true, false, "" },
+        { "Get-NbdDiskHash", "Source", "__AllParameterSets", "PSObject", true, 0, true, false, "" },
+        { "Copy-NbdDisk", "Destination", "__AllParameterSets", "PSObject", true, 1, false, false, "" },
+        { "Copy-NbdDisk", "Force", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "SparseBlockSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Flush", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Verify", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Algorithm", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Algorithm", "__AllParameterSets", "String", false, 1, false, false, "" },
+        { "Copy-NbdDisk", "Connections", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "RequestSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Copy-NbdDisk", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Copy-NbdDisk", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Connections", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "RequestSize", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "UseTls", "__AllParameterSets", "SwitchParameter", false, -1, false, true, "IsTls" },
+        { "Get-NbdDiskHash", "CertificateAuthority", "__AllParameterSets", "String", false, -1, false, false, "" },
+        { "Get-NbdDiskHash", "SkipCertificateCheck", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Start-NbdExport", "Persistent", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Get-NbdExport", "Scope", "__AllParameterSets", "String", false, -1, false, true, "" },
         { "Stop-NbdExport", "Scope", "Name", "String", false, -1, false, true, "" },
         { "Connect-NbdDevice", "Persistent", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Connect-NbdDevice", "NewDevice", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
+        { "Connect-NbdDevice", "Driver", "__AllParameterSets", "DeviceDriver", false, -1, false, false, "" },
         { "Stop-NbdService", "Timeout", "__AllParameterSets", "Int32", false, -1, false, false, "" },
         { "Stop-NbdService", "PassThru", "__AllParameterSets", "SwitchParameter", false, -1, false, false, "" },
         { "Install-NbdService", "Path", "__AllParameterSets", "String", false, -1, false, false, "" },
@@ -132,6 +154,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [InlineData("Stop-NbdExport", "Medium")]
     [InlineData("Connect-NbdDevice", "Low")]
     [InlineData("Disconnect-NbdDevice", "Medium")]
+    [InlineData("Copy-NbdDisk", "Medium")]
     [InlineData("Start-NbdService", "Low")]
     [InlineData("Stop-NbdService", "Medium")]
     [InlineData("Install-NbdService", "Medium")]
@@ -153,6 +176,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
             ["Start-NbdExport"] = "NbdExport", ["Get-NbdExport"] = "NbdExport", ["Stop-NbdExport"] = "NbdExport",
             ["Wait-NbdExport"] = "NbdExport", ["Find-NbdExport"] = "NbdRemoteExport", ["Connect-NbdDevice"] = "NbdSession",
             ["Get-NbdSession"] = "NbdSession", ["Disconnect-NbdDevice"] = "NbdSession", ["Get-NbdDevice"] = "NbdDevice",
+            ["Copy-NbdDisk"] = "NbdCopyResult", ["Get-NbdDiskHash"] = "NbdDiskHash",
             ["Get-NbdService"] = "NbdService", ["Start-NbdService"] = "NbdService", ["Stop-NbdService"] = "NbdService",
             ["Install-NbdService"] = "NbdService", ["Uninstall-NbdService"] = "NbdService",
         };
@@ -197,9 +221,11 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         {
             ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "Listeners", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint", "Scope", "IsPersistent", "Changed"],
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
-            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "ActiveUri", "ReconnectCount", "LastLossTime", "LastLossReason", "Changed"],
-            ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "Changed"],
+            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "ActiveUri", "ReconnectCount", "LastLossTime", "LastLossReason", "Changed", "Driver", "BackingFile", "Counters"],
+            ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "CleanedUp", "Changed"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
+            ["NbdCopyResult"] = ["Source", "Destination", "Size", "BytesRead", "BytesWritten", "BytesSkipped", "Duration", "BytesPerSecond", "IsVerified"],
+            ["NbdDiskHash"] = ["Algorithm", "Hash", "Source", "Size", "BytesRead", "BytesSkipped", "Duration"],
         };
         foreach (var (name, properties) in expected)
         {

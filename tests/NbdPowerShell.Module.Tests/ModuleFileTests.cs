@@ -54,7 +54,7 @@ public sealed class ModuleFileTests : IClassFixture<BuiltModuleFixture>
     {
         var doc = XDocument.Load(Path.Combine(_m.ModuleDir, "NbdPowerShell.Format.ps1xml"));
         var views = doc.Descendants("View").ToList();
-        Assert.Equal(5, views.Count);
+        Assert.Equal(7, views.Count);
         foreach (var view in views)
         {
             var typeName = view.Descendants("TypeName").Select(t => t.Value).Single(t => !t.StartsWith("Deserialized.", StringComparison.Ordinal));

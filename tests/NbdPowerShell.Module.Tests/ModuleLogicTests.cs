@@ -30,9 +30,18 @@ public sealed class ErrorCatalogueTests
         Assert.Equal("NbdPlatformNotSupported", ErrorIds.Classify(new NbdPlatformNotSupportedException("m")));
         Assert.Equal("NbdMultiConnNotSupported", ErrorIds.Classify(new NbdMultiConnNotSupportedException("m")));
         Assert.Equal("NbdKernelError", ErrorIds.Classify(new NbdKernelException("m")));
+        Assert.Equal("NbdFuseUnavailable", ErrorIds.Classify(new Engine.Fuse.NbdFuseUnavailableException("m")));
+        Assert.Equal("NbdLoopUnavailable", ErrorIds.Classify(new Engine.Fuse.NbdLoopUnavailableException("m")));
+        Assert.Equal("NbdFuseError", ErrorIds.Classify(new Engine.Fuse.NbdFuseException("m")));
         Assert.Equal("NbdAddressInUse", ErrorIds.Classify(new NbdServerException(NbdServerError.AddressInUse, "m")));
         Assert.Equal("NbdPermissionDenied", ErrorIds.Classify(new StorageException(13, "m")));
         Assert.Equal("NbdPathNotFound", ErrorIds.Classify(new StorageException(2, "m")));
+        Assert.Equal("NbdDestinationExists", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.Exists, "m")));
+        Assert.Equal("NbdDestinationReadOnly", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.ReadOnly, "m")));
+        Assert.Equal("NbdDestinationTooSmall", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.TooSmall, "m")));
+        Assert.Equal("NbdInvalidArgument", ErrorIds.Classify(new Engine.Copy.DiskDestinationException(Engine.Copy.DestinationProblem.SameAsSource, "m")));
+        Assert.Equal("NbdDiskReadFailed", ErrorIds.Classify(new Engine.Copy.DiskIOException(Engine.Copy.DiskSide.Source, 1, 0, "m", new NbdConnectionException("x"))));
+        Assert.Equal("NbdDiskWriteFailed", ErrorIds.Classify(new Engine.Copy.DiskIOException(Engine.Copy.DiskSide.Destination, 1, 0, "m", new IOException("x"))));
         Assert.Equal("NbdServerStopped", ErrorIds.Classify(new NbdServerException(NbdServerError.Stopped, "m")));
         Assert.Equal("NbdIOError", ErrorIds.Classify(new IOException("m")));
         Assert.Equal("NbdTimeout", ErrorIds.Classify(new TimeoutException("m")));
@@ -46,8 +55,38 @@ public sealed class ErrorCatalogueTests
     {
         foreach (var id in new[] { "NbdExportNotFound", "NbdExportAlreadyExists", "NbdAddressInUse", "NbdDeviceNotFound", "NbdDeviceBusy",
                      "NbdDeviceMounted", "NbdPermissionDenied", "NbdKernelModuleMissing", "NbdPlatformNotSupported", "NbdHandshakeFailed",
-                     "NbdExportNameUnknown", "NbdConnectionFailed", "NbdTimeout" })
+                     "NbdExportNameUnknown", "NbdConnectionFailed", "NbdTimeout", "NbdFuseUnavailable", "NbdLoopUnavailable", "NbdFuseError" })
             Assert.Contains(id, ErrorIds.All);
+    }
+
+    [Theory]
+    [InlineData("NbdFuseUnavailable", "/dev/fuse")]
+    [InlineData("NbdLoopUnavailable", "modprobe loop")]
+    [InlineData("NbdFuseError", "log")]
+    [InlineData("NbdPermissionDenied", "root")]
+    public void FuseErrorsSayWhatToDo(string id, string actionMentions) =>
+        Assert.Contains(actionMentions, ErrorRecords.RecommendedActionOf(id));
+
+    [Fact]
+    public void AutoFallsBackToFuseOnlyWhenTheNbdDriverIsMissing()
+    {
+        // Driver missing, FUSE usable: FUSE, with a warning that says why and what differs.
+        Assert.Equal("fuse", DeviceDriverChoice.Choose(DeviceDriver.Auto, false, out var why, () => new NbdKernelModuleMissingException("no nbd"), () => null));
+        Assert.Contains("not available", why);
+        Assert.Contains("/dev/loopN", why);
+        // Any other nbd problem is the nbd attach's to report: no fallback.
+        Assert.Equal("kernel", DeviceDriverChoice.Choose(DeviceDriver.Auto, false, out why, () => new NbdPermissionDeniedException("not root"), () => null));
+        Assert.Null(why);
+        Assert.Equal("kernel", DeviceDriverChoice.Choose(DeviceDriver.Auto, false, out why, () => null, () => throw new InvalidOperationException("not asked")));
+        // An nbd device asked for by name means the nbd driver.
+        Assert.Equal("kernel", DeviceDriverChoice.Choose(DeviceDriver.Auto, true, out why, () => throw new InvalidOperationException("not asked"), () => null));
+        // Neither: the nbd driver's absence, with FUSE's reason.
+        var e = Assert.Throws<NbdKernelModuleMissingException>(() => DeviceDriverChoice.Choose(DeviceDriver.Auto, false, out _,
+            () => new NbdKernelModuleMissingException("no nbd."), () => new Engine.Fuse.NbdFuseUnavailableException("no /dev/fuse")));
+        Assert.Contains("no /dev/fuse", e.Message);
+        // -Driver Fuse reports why FUSE cannot work before anything starts.
+        Assert.Throws<Engine.Fuse.NbdLoopUnavailableException>(() => DeviceDriverChoice.Choose(DeviceDriver.Fuse, false, out _, null, () => new Engine.Fuse.NbdLoopUnavailableException("no loop")));
+        Assert.Equal("kernel", DeviceDriverChoice.Choose(DeviceDriver.Nbd, false, out why, () => throw new InvalidOperationException("not asked"), null));
     }
 }
 
@@ -161,6 +200,28 @@ public sealed class OutputMapperTests
         Assert.Equal(("Reconnecting", "nbd://b/img", "nbd://a/img", 2), (s.State, s.ActiveUri, s.Uri, s.ReconnectCount!.Value));
         Assert.Equal((lost, "the server closed the connection", "lost its server"), (s.LastLossTime!.Value, s.LastLossReason, s.StatusMessage));
         Assert.Null(OutputMapper.ToSession(null, owner with { Kind = "kernel", Counters = new Dictionary<string, long>() }).ReconnectCount);
+    }
+
+    [Fact]
+    public void FuseDevicesAreSessionsWithDriverFuseTheirFileAndStatistics()
+    {
+        var owner = new DeviceStatus
+        {
+            Id = "a1b2c3", Kind = "fuse", Device = "/dev/loop7", Index = 7, Uri = "nbd+unix:///disk?socket=/run/d.sock", ActiveUri = "nbd+unix:///disk?socket=/run/d.sock",
+            Transport = "FUSE", Scope = HostScope.Service, ProcessId = 4242, Size = 1 << 30, BlockSize = 4096, IsReadOnly = true,
+            MountPoints = ["/mnt/x"], BackingFile = "/run/nbdpowershell/fuse/a1b2c3/disk",
+            Counters = new Dictionary<string, long> { ["Reads"] = 3, ["BytesRead"] = 12288 },
+        };
+        var s = OutputMapper.ToSession(null, owner);
+        Assert.Equal(("Fuse", "/dev/loop7", 7, true, "Connected"), (s.Driver, s.Device, s.Index, s.IsConnected, s.State));
+        Assert.Equal((1L << 30, 4096, true), (s.Size, s.BlockSize, s.IsReadOnly));
+        Assert.Equal(["/mnt/x"], s.MountPoints);
+        Assert.Equal("/run/nbdpowershell/fuse/a1b2c3/disk", s.BackingFile);
+        Assert.Equal(("disk", "/run/d.sock"), (s.ExportName, s.SocketPath));
+        Assert.Equal("FUSE and loop device (NbdPowerShell service, pid 4242)", s.Transport);
+        Assert.Equal(12288, s.Counters["BytesRead"]);
+        Assert.False(OutputMapper.ToSession(null, owner with { State = "Broken" }).IsConnected);
+        Assert.Equal("Nbd", OutputMapper.ToSession(new NbdDeviceInfo { Device = "/dev/nbd0", Index = 0, IsConnected = true, Size = 512, BlockSize = 512, IsReadOnly = false }, null).Driver);
     }
 
     [Fact]

@@ -11,7 +11,10 @@ namespace NbdPowerShell.Engine.Client;
 /// </summary>
 public static class NbdClient
 {
-    /// <summary>Connects to the URI's server and enters transmission on its export (simple replies only).</summary>
+    /// <summary>
+    /// Connects to the URI's server and enters transmission on its export: simple replies only, unless
+    /// <see cref="NbdClientOptions.StructuredReplies"/> asks for more (never for connections given to the kernel).
+    /// </summary>
     public static Task<NbdNegotiatedConnection> ConnectAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken ct = default) =>
         WithTimeoutAsync(uri, options, ct, async token =>
         {
@@ -94,6 +97,10 @@ public static class NbdClient
         {
             NbdExportInfo? info = null;
             bool tls = stream is SslStream;
+            bool structured = options.StructuredReplies && await negotiator.StructuredReplyAsync(ct).ConfigureAwait(false);
+            IReadOnlyDictionary<string, uint> contexts = structured && options.MetaContexts.Count > 0
+                ? await negotiator.SetMetaContextAsync(uri.ExportName, options.MetaContexts, ct).ConfigureAwait(false)
+                : new Dictionary<string, uint>();
             // Over TLS never fall back to EXPORT_NAME: GO is the downgrade defence the spec asks of TLS clients.
             if (negotiator.FixedNewstyle && (!options.ForceExportName || tls))
                 info = await negotiator.InfoOrGoAsync(NbdOption.Go, uri.ExportName, options.RequestBlockSize, ct).ConfigureAwait(false);
@@ -103,7 +110,7 @@ public static class NbdClient
             info ??= await negotiator.ExportNameAsync(uri.ExportName, ct).ConfigureAwait(false);
             if (!info.Flags!.Value.HasFlag(TransmissionFlags.HasFlags))
                 info = info with { Flags = TransmissionFlags.None }; // flags without HAS_FLAGS carry no meaning
-            return new NbdNegotiatedConnection(socket, stream, effective, info, fallback);
+            return new NbdNegotiatedConnection(socket, stream, effective, info, fallback, structured, contexts);
         }
         catch
         {

@@ -6,8 +6,9 @@ using NbdPowerShell.Engine.Protocol;
 namespace NbdPowerShell.Engine.Client;
 
 /// <summary>
-/// A connection in the transmission phase, negotiated with simple replies only. Offers a small sequential
-/// I/O API (for tests and export checks) or hands its Socket over, e.g. to the kernel via <see cref="DetachSocket"/>.
+/// A connection in the transmission phase, negotiated with simple replies unless asked otherwise. Offers a small
+/// sequential I/O API (for tests and export checks) or hands its Socket over, e.g. to the kernel via
+/// <see cref="DetachSocket"/>, or to <see cref="NbdBlockClient"/> for pipelined I/O.
 /// Over TLS the bytes go through an SslStream, so the socket alone is useless: <see cref="DetachTransport"/>
 /// hands over both (the kernel attach then relays them).
 /// </summary>
@@ -37,8 +38,18 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
     /// <summary>True when the connection runs over TLS (STARTTLS was negotiated); <see cref="Uri"/> is then nbds://.</summary>
     public bool IsTls { get; }
 
-    internal NbdNegotiatedConnection(Socket socket, Stream stream, NbdUri uri, NbdExportInfo export, bool usedFallback)
+    /// <summary>True when structured replies were negotiated (<see cref="NbdClientOptions.StructuredReplies"/>); such a connection
+    /// is for <see cref="NbdBlockClient"/> only: neither the kernel nor the sequential I/O here understand its replies.</summary>
+    public bool StructuredReplies { get; }
+
+    /// <summary>Meta contexts the server selected (name to the id its BLOCK_STATUS chunks carry); empty unless asked for.</summary>
+    public IReadOnlyDictionary<string, uint> MetaContexts { get; }
+
+    internal NbdNegotiatedConnection(Socket socket, Stream stream, NbdUri uri, NbdExportInfo export, bool usedFallback,
+        bool structuredReplies = false, IReadOnlyDictionary<string, uint>? metaContexts = null)
     {
+        StructuredReplies = structuredReplies;
+        MetaContexts = metaContexts ?? new Dictionary<string, uint>();
         _socket = socket;
         _stream = stream;
         IsTls = stream is SslStream;
@@ -151,6 +162,8 @@ public sealed class NbdNegotiatedConnection : IDisposable, IAsyncDisposable
 
     private void RequireAdvertised(NbdCommand command)
     {
+        if (StructuredReplies)
+            throw new InvalidOperationException("This connection negotiated structured replies; do I/O on it through NbdBlockClient.");
         var needed = command switch
         {
             NbdCommand.Flush => TransmissionFlags.SendFlush,

@@ -164,6 +164,57 @@ internal sealed class NbdNegotiator
         }
     }
 
+    /// <summary>
+    /// NBD_OPT_STRUCTURED_REPLY. True when the server agreed; false when it refused (ERR_UNSUP, ERR_POLICY, …),
+    /// after which negotiation continues with simple replies.
+    /// </summary>
+    public async Task<bool> StructuredReplyAsync(CancellationToken ct)
+    {
+        if (!FixedNewstyle) return false;
+        await SendOptionAsync(NbdOption.StructuredReply, ReadOnlyMemory<byte>.Empty, ct).ConfigureAwait(false);
+        while (true)
+        {
+            var (type, _) = await ReadReplyAsync(NbdOption.StructuredReply, ct).ConfigureAwait(false);
+            if (type == NbdOptionReplyType.Ack) return true;
+            if (type.IsError()) return false;
+        }
+    }
+
+    /// <summary>
+    /// NBD_OPT_SET_META_CONTEXT for <paramref name="exportName"/>: the contexts the server selected, by name, with the
+    /// ids its BLOCK_STATUS chunks will carry. Contexts the server does not know are simply absent; a server
+    /// without the option gives an empty result.
+    /// </summary>
+    public async Task<IReadOnlyDictionary<string, uint>> SetMetaContextAsync(string exportName, IReadOnlyList<string> contexts, CancellationToken ct)
+    {
+        RequireFixed(NbdOption.SetMetaContext);
+        byte[] name = Encoding.UTF8.GetBytes(exportName);
+        var queries = contexts.Select(Encoding.UTF8.GetBytes).ToArray();
+        var data = new byte[4 + name.Length + 4 + queries.Sum(q => 4 + q.Length)];
+        BinaryPrimitives.WriteUInt32BigEndian(data, (uint)name.Length);
+        name.CopyTo(data, 4);
+        int at = 4 + name.Length;
+        BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(at), (uint)queries.Length);
+        at += 4;
+        foreach (var q in queries)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(data.AsSpan(at), (uint)q.Length);
+            q.CopyTo(data, at + 4);
+            at += 4 + q.Length;
+        }
+        await SendOptionAsync(NbdOption.SetMetaContext, data, ct).ConfigureAwait(false);
+        var selected = new Dictionary<string, uint>(StringComparer.Ordinal);
+        while (true)
+        {
+            var (type, payload) = await ReadReplyAsync(NbdOption.SetMetaContext, ct).ConfigureAwait(false);
+            if (type == NbdOptionReplyType.Ack) return selected;
+            if (type.IsError()) return new Dictionary<string, uint>();
+            if (type != NbdOptionReplyType.MetaContext) continue;
+            if (payload.Length < 5) throw new NbdProtocolException($"{_peer} sent a malformed META_CONTEXT reply ({payload.Length} bytes).");
+            selected[Encoding.UTF8.GetString(payload, 4, payload.Length - 4)] = BinaryPrimitives.ReadUInt32BigEndian(payload);
+        }
+    }
+
     /// <summary>NBD_OPT_EXPORT_NAME: enters transmission; a failure can only be signalled by hanging up.</summary>
     public async Task<NbdExportInfo> ExportNameAsync(string exportName, CancellationToken ct)
     {

@@ -1,5 +1,6 @@
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Copy;
 using NbdPowerShell.Engine.Kernel;
 using NbdPowerShell.Engine.Server;
 using NbdPowerShell.Engine.Storage;
@@ -22,6 +23,12 @@ public static class ErrorIds
     public const string DeviceMounted = "NbdDeviceMounted";
     public const string PermissionDenied = "NbdPermissionDenied";
     public const string KernelModuleMissing = "NbdKernelModuleMissing";
+    /// <summary>-Driver Fuse (or Auto without the nbd driver) and no /dev/fuse.</summary>
+    public const string FuseUnavailable = "NbdFuseUnavailable";
+    /// <summary>-Driver Fuse and no loop driver or no free loop device.</summary>
+    public const string LoopUnavailable = "NbdLoopUnavailable";
+    /// <summary>Mounting, serving or unmounting the FUSE file, or binding its loop device, failed.</summary>
+    public const string FuseError = "NbdFuseError";
     public const string PlatformNotSupported = "NbdPlatformNotSupported";
     public const string HandshakeFailed = "NbdHandshakeFailed";
     public const string ExportNameUnknown = "NbdExportNameUnknown";
@@ -42,13 +49,19 @@ public static class ErrorIds
     public const string ServiceUnavailable = "NbdServiceUnavailable";
     public const string IOError = "NbdIOError";
     public const string UnexpectedError = "NbdUnexpectedError";
+    public const string DestinationExists = "NbdDestinationExists";
+    public const string DestinationReadOnly = "NbdDestinationReadOnly";
+    public const string DestinationTooSmall = "NbdDestinationTooSmall";
+    public const string DiskReadFailed = "NbdDiskReadFailed";
+    public const string DiskWriteFailed = "NbdDiskWriteFailed";
 
     public static IReadOnlyList<string> All { get; } =
     [
         ExportNotFound, ExportAlreadyExists, ExportBusy, AddressInUse, DeviceNotFound, DeviceBusy, DeviceMounted,
-        PermissionDenied, KernelModuleMissing, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
+        PermissionDenied, KernelModuleMissing, FuseUnavailable, LoopUnavailable, FuseError, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
         ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported,
         PathNotFound, StorageError, KernelError, InvalidArgument, UriInvalid, ServerStopped, ServiceUnavailable, IOError, UnexpectedError,
+        DestinationExists, DestinationReadOnly, DestinationTooSmall, DiskReadFailed, DiskWriteFailed,
     ];
 
     /// <summary>The catalogue id for an engine (or argument) exception; null when it is not an expected failure (a bug).</summary>
@@ -56,6 +69,14 @@ public static class ErrorIds
     {
         NbdHostException h => h.ErrorId,
         Service.NbdServiceNotRunningException => ServiceUnavailable,
+        DiskDestinationException d => d.Problem switch
+        {
+            DestinationProblem.Exists => DestinationExists,
+            DestinationProblem.ReadOnly => DestinationReadOnly,
+            DestinationProblem.TooSmall => DestinationTooSmall,
+            _ => InvalidArgument,
+        },
+        DiskIOException io => io.Side == DiskSide.Source ? DiskReadFailed : DiskWriteFailed,
         NbdServerException s => s.Reason switch
         {
             NbdServerError.ExportAlreadyExists => ExportAlreadyExists,

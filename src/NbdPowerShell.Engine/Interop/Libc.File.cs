@@ -45,8 +45,11 @@ internal static partial class Libc
     public const int FALLOC_FL_ZERO_RANGE = 0x10;
 
     public const int RWF_DSYNC = 0x02;
+    /// <summary>Fail with EAGAIN instead of waiting (for a buffered read: for pages not in the page cache).</summary>
+    public const int RWF_NOWAIT = 0x08;
 
     public const int POSIX_FADV_WILLNEED = 3;
+    public const int POSIX_FADV_DONTNEED = 4;
 
     public const nuint BLKROGET = 0x125e;
     public const nuint BLKSSZGET = 0x1268;
@@ -90,6 +93,10 @@ internal static partial class Libc
     /// <summary>pread on a raw descriptor: see FileBlockStore for why reads skip the SafeHandle.</summary>
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
     public static unsafe partial nint PRead(int fd, byte* buffer, nuint count, long offset);
+
+    /// <summary>preadv2 on a raw descriptor (RWF_NOWAIT reads from the connection's reader).</summary>
+    [LibraryImport(Lib, EntryPoint = "preadv2", SetLastError = true)]
+    public static unsafe partial nint PReadV2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
 
     [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
     public static unsafe partial nint PWrite(SafeFileHandle fd, byte* buffer, nuint count, long offset);

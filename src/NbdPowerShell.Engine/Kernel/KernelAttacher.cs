@@ -281,12 +281,7 @@ public sealed class KernelAttacher
     }
 
     /// <summary>.NET leaves sockets non-blocking after async I/O; the kernel expects the blocking sockets nbd-client gives it.</summary>
-    internal static void MakeBlocking(Socket socket)
-    {
-        int fd = (int)socket.SafeHandle.DangerousGetHandle();
-        int fl = Libc.Fcntl(fd, Libc.F_GETFL, 0);
-        if (fl >= 0 && (fl & Libc.O_NONBLOCK) != 0) Libc.Fcntl(fd, Libc.F_SETFL, fl & ~Libc.O_NONBLOCK);
-    }
+    internal static void MakeBlocking(Socket socket) => Libc.SetBlocking(socket);
 
     private void UndoAttach(int index, AttachMode mode, IoctlSession? session)
     {

@@ -19,6 +19,12 @@ internal sealed class BufferedReader
     /// <summary>Bytes already read from the transport but not consumed.</summary>
     public bool HasBufferedData => _start != _end;
 
+    /// <summary>
+    /// Runs before every read from the transport, which may wait for the peer: the connection
+    /// sends the replies it has batched, so none waits on the client's next request.
+    /// </summary>
+    public Action? BeforeReceive { get; set; }
+
     /// <summary>Fills <paramref name="destination"/> or returns false if the stream ended before the first byte.</summary>
     public bool TryReadExactly(Span<byte> destination)
     {
@@ -46,6 +52,7 @@ internal sealed class BufferedReader
             else if (destination.Length >= _buffer.Length / 2)
             {
                 // Big payload: skip the copy through our buffer.
+                BeforeReceive?.Invoke();
                 int n = _transport.Read(destination);
                 if (n == 0)
                     throw new EndOfStreamException("The peer closed the connection mid-message.");
@@ -73,6 +80,7 @@ internal sealed class BufferedReader
 
     private bool Fill()
     {
+        BeforeReceive?.Invoke();
         _start = 0;
         _end = _transport.Read(_buffer);
         return _end > 0;

@@ -9,8 +9,9 @@ namespace NbdPowerShell.Engine.Server;
 
 /// <summary>
 /// One client from accept to close. A dedicated thread negotiates, then reads requests
-/// continuously and hands each to the thread pool; replies go out through one
-/// <see cref="ReplyWriter"/> in completion order.
+/// continuously. What never waits it runs itself (memory stores, file reads the page cache answers
+/// at once), batching those replies (<see cref="ReplyBatch"/>); the rest goes to the connection's
+/// worker threads. Replies go out through one <see cref="ReplyWriter"/> in completion order.
 /// </summary>
 internal sealed class ClientConnection
 {
@@ -21,6 +22,8 @@ internal sealed class ClientConnection
     private readonly NbdTransport _transport;
     // Set after negotiation, over the session's transport (the TLS one after STARTTLS).
     private ReplyWriter _writer = null!;
+    // The reader's replies to the requests it runs itself; used by the reader thread only.
+    private ReplyBatch _batch = null!;
     private readonly ILogger _log;
     private readonly int _maxInFlight;
     private readonly SemaphoreSlim _slots;
@@ -106,16 +109,32 @@ internal sealed class ClientConnection
 
     private NegotiatedSession? Negotiate()
     {
-        // The deadline closes the socket under a client that stalls mid-handshake. Finishing and
-        // expiring race for one state change, so a client that completes just in time is not dropped.
-        using var deadline = new Timer(_ =>
+        // The deadline closes the socket under a client that stalls mid-handshake: one that sends
+        // nothing for a whole HandshakeTimeout. It measures silence, not the length of the handshake,
+        // because a TLS handshake on a starved machine (a loaded CI runner, an emulated VM) can take
+        // longer than any fixed limit while both sides keep making progress. Finishing and expiring
+        // race for one state change, so a client that completes just in time is not dropped.
+        long seen = _transport.BytesReceived;
+        Timer? deadline = null;
+        deadline = new Timer(_ =>
         {
+            long now = _transport.BytesReceived;
+            if (now != seen && Volatile.Read(ref _handshakeState) == Negotiating)
+            {
+                seen = now;
+                try { deadline!.Change(_server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan); }
+                catch (ObjectDisposedException) { }
+                return;
+            }
             if (Interlocked.CompareExchange(ref _handshakeState, Expired, Negotiating) == Negotiating)
             {
-                _log.LogInformation("Client {Client} did not finish negotiating in time; dropping it", ClientAddress);
+                _log.LogInformation("Client {Client} sent nothing for {Timeout}s while negotiating; dropping it",
+                    ClientAddress, _server.Options.HandshakeTimeout.TotalSeconds);
                 _transport.Shutdown();
             }
-        }, null, _server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
+        }, null, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        using var disposeDeadline = deadline;
+        deadline.Change(_server.Options.HandshakeTimeout, Timeout.InfiniteTimeSpan);
         var negotiator = new OptionNegotiator(_server, this, _transport, new BufferedReader(_transport), _log);
         NegotiatedSession? session;
         try
@@ -140,6 +159,8 @@ internal sealed class ClientConnection
         var flags = export.FlagsFor(session.StructuredReplies);
         var reader = session.Reader;
         _writer = new ReplyWriter(session.Transport, _server.Options.FileReadSplicing);
+        _batch = new ReplyBatch(_writer, _maxInFlight, Complete);
+        reader.BeforeReceive = _batch.Flush;
         // Threads start on demand: a memory export whose requests all run inline never starts one.
         var workers = new RequestWorkers(_server.Options.WorkerThreads, _maxInFlight, $"nbd-conn-{Id}");
         try
@@ -148,6 +169,8 @@ internal sealed class ClientConnection
         }
         finally
         {
+            // Replies to requests read before the end (DISC, EOF, a bad request) still go out.
+            _batch.Flush();
             workers.Close();
         }
     }
@@ -159,12 +182,25 @@ internal sealed class ClientConnection
     /// </summary>
     internal static int ParallelMemoryReadMinimum = 256 * 1024;
 
+    /// <summary>
+    /// File reads up to this size are first tried on the reader from the page cache without
+    /// waiting (RWF_NOWAIT); larger ones, and those that would wait, go to a worker. At most
+    /// <see cref="ReplyBatch.MaxRead"/>, the largest read one batch holds.
+    /// </summary>
+    internal static int CachedReadMaximum = 256 * 1024;
+
     private void ReadRequests(NegotiatedSession session, ServedExport export, TransmissionFlags flags, BufferedReader reader, RequestWorkers workers)
     {
         var store = export.Store;
         // Non-blocking (memory) stores run inline, blocking ones on this connection's workers, concurrently.
         bool nonBlocking = (store.Capabilities & StoreCapabilities.NonBlocking) != 0;
         var pinned = store as IPinnedMemoryStore;
+        // Spliced reads (remote peers) skip the copy the cached path makes, so they keep the worker.
+        var cached = store as IPageCacheStore;
+        int cachedReadMaximum = Math.Min(CachedReadMaximum, ReplyBatch.MaxRead);
+        if (_writer.SpliceFiles)
+            cachedReadMaximum = Math.Min(cachedReadMaximum, RequestExecutor.SpliceMinimum - 1);
+        bool structured = session.StructuredReplies;
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
@@ -200,6 +236,9 @@ internal sealed class ClientConnection
             // in-flight requests, so a request either counts as in flight or sees the flag. Both come
             // before the payload is read, so a write refused at shutdown never reaches a store that
             // receives payloads in place.
+            // Batched replies hold their slots until sent: send them rather than wait for a slot.
+            if (_slots.CurrentCount == 0)
+                _batch.Flush();
             _slots.Wait();
             var request = RentRequest();
             request.Command = command;
@@ -223,12 +262,14 @@ internal sealed class ClientConnection
             }
             if (error != NbdError.None)
             {
-                RequestExecutor.Fail(request, _writer, session.StructuredReplies, error, Counters);
-                Complete(request);
+                RequestExecutor.Fail(request, _batch, structured, error, Counters);
+                _batch.Hold(request);
                 continue;
             }
             if (nonBlocking && (command != NbdCommand.Read || length < ParallelMemoryReadMinimum))
-                Execute(request);
+                Execute(request, _batch);
+            else if (cached != null && command == NbdCommand.Read && length <= cachedReadMaximum && TryReadCached(request, cached, structured))
+                continue;
             else
                 workers.Enqueue(request);
         }
@@ -267,25 +308,51 @@ internal sealed class ClientConnection
         }
     }
 
-    /// <summary>Worker-thread entry for one request.</summary>
-    public void Execute(NbdRequest request)
+    /// <summary>Worker-thread entry for one request: the reply goes straight out.</summary>
+    public void Execute(NbdRequest request) => Execute(request, _writer);
+
+    /// <summary>
+    /// Runs one request, its reply into <paramref name="sink"/>: on a worker the writer (and the
+    /// request completes here), on the reader its batch (and it completes when the batch is sent).
+    /// </summary>
+    private void Execute(NbdRequest request, IReplySink sink)
     {
         var session = _session!;
         try
         {
-            RequestExecutor.Run(request, session.Export.Store, _writer, session.StructuredReplies,
+            RequestExecutor.Run(request, session.Export.Store, sink, session.StructuredReplies,
                 session.BaseAllocationContextId, Counters);
         }
         catch (Exception e)
         {
             _log.LogError(e, "Request {Command} from {Client} failed unexpectedly", request.Command, ClientAddress);
-            try { RequestExecutor.Fail(request, _writer, session.StructuredReplies, NbdError.IO, Counters); }
+            try { RequestExecutor.Fail(request, sink, session.StructuredReplies, NbdError.IO, Counters); }
             catch (Exception) { _transport.Shutdown(); }
         }
         finally
         {
-            Complete(request);
+            if (sink == _batch)
+                _batch.Hold(request);
+            else
+                Complete(request);
         }
+    }
+
+    /// <summary>
+    /// A READ the page cache answers without waiting, run on the reader: the data is read straight
+    /// into the reply batch. False when any of it is not cached: nothing is sent (the reply the
+    /// batch began is dropped), and the request goes to a worker.
+    /// </summary>
+    private bool TryReadCached(NbdRequest request, IPageCacheStore store, bool structured)
+    {
+        int length = (int)request.Length;
+        var data = _batch.BeginRead(request.Cookie, structured, request.Offset, length);
+        if (data.Length != length || !store.TryReadCached((long)request.Offset, data))
+            return false;
+        Counters.CountRead(request.Length);
+        _batch.CommitRead();
+        _batch.Hold(request);
+        return true;
     }
 
     private NbdRequest RentRequest()

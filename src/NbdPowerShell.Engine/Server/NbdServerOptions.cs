@@ -2,7 +2,7 @@ namespace NbdPowerShell.Engine.Server;
 
 public sealed class NbdServerOptions
 {
-    /// <summary>A client must finish negotiating within this time or it is dropped, so idle clients cannot hold slots.</summary>
+    /// <summary>A negotiating client that sends nothing for this long is dropped, so idle clients cannot hold slots.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     /// <summary>Requests one connection may have in flight; the reader stops reading when this many are running.</summary>

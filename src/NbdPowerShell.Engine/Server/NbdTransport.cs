@@ -15,6 +15,12 @@ internal abstract class NbdTransport : IDisposable
     /// <summary>Reads at least one byte; returns 0 at end of stream.</summary>
     public abstract int Read(Span<byte> buffer);
 
+    /// <summary>
+    /// Bytes read from the peer so far, including those a TLS layer above consumed. The handshake
+    /// deadline uses it to tell a client that stalls from one that is merely slow.
+    /// </summary>
+    public abstract long BytesReceived { get; }
+
     /// <summary>Sends head then body as one message.</summary>
     public abstract void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body);
 
@@ -37,6 +43,10 @@ internal abstract class NbdTransport : IDisposable
 
     /// <summary>Sends head, then the segments in order (holes as zeroes), as one message.</summary>
     public virtual void WriteGather(ReadOnlySpan<byte> head, ReadOnlySpan<MemorySegment> segments) =>
+        throw new NotSupportedException("This transport copies; check ZeroCopy first.");
+
+    /// <summary>Sends every byte the vectors describe, in order, as one message (zero-copy transports only; the vectors are consumed).</summary>
+    public virtual unsafe void WriteVectors(Interop.Libc.IoVec* vectors, int count) =>
         throw new NotSupportedException("This transport copies; check ZeroCopy first.");
 
     /// <summary>Stops both directions so a blocked reader wakes up.</summary>

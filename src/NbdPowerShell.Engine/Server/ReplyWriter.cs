@@ -1,4 +1,4 @@
-using System.Buffers.Binary;
+using NbdPowerShell.Engine.Interop;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Storage;
 
@@ -8,9 +8,9 @@ namespace NbdPowerShell.Engine.Server;
 /// Serializes replies from concurrent workers onto one transport. Each reply (or structured chunk)
 /// is written whole under the lock: header and data in one vectored send, or the header followed
 /// by file pages spliced through a pipe, or the header and the memory store's chunks in one
-/// vectored send.
+/// vectored send, or a whole <see cref="ReplyBatch"/> of replies in one send.
 /// </summary>
-internal sealed class ReplyWriter
+internal sealed class ReplyWriter : IReplySink
 {
     private readonly NbdTransport _transport;
     private readonly object _lock = new();
@@ -28,46 +28,39 @@ internal sealed class ReplyWriter
         };
     }
 
-    /// <summary>Replies can carry data from pinned memory without a copy in user space (plain sockets, not TLS).</summary>
     public bool ZeroCopy => _transport.ZeroCopy;
 
-    /// <summary>Large file reads are spliced from the page cache to the socket (see <see cref="FileReadSplicing"/>).</summary>
     public bool SpliceFiles { get; }
 
     public void SimpleReply(ulong cookie, NbdError error, ReadOnlySpan<byte> data)
     {
         lock (_lock)
-        {
-            var h = SimpleHeader(cookie, error);
-            Send(h, error == NbdError.None ? data : default);
-        }
+            Send(ReplyHeaders.Simple(_header, cookie, error), error == NbdError.None ? data : default);
     }
 
     /// <summary>
-    /// Successful simple READ reply whose data comes from a file. The first part is spliced into
-    /// this thread's pipe before the lock, so waiting for the disk holds up no other reply, and a
-    /// file error there (StorageException) still leaves room for an error reply.
+    /// The first part of the file is spliced into this thread's pipe before the lock, so waiting
+    /// for the disk holds up no other reply, and a file error there (StorageException) still
+    /// leaves room for an error reply.
     /// </summary>
     public void SimpleReplyFromFile(ulong cookie, int descriptor, long offset, int length)
     {
         var pipe = SplicePipe.ForThisThread();
         pipe.Fill(descriptor, offset, length);
         lock (_lock)
-            SendFile(SimpleHeader(cookie, NbdError.None), pipe, descriptor, offset, length);
+            SendFile(ReplyHeaders.Simple(_header, cookie, NbdError.None), pipe, descriptor, offset, length);
     }
 
-    /// <summary>Successful simple READ reply whose data is a memory store's segments.</summary>
     public void SimpleReplyGather(ulong cookie, ReadOnlySpan<MemorySegment> segments)
     {
         lock (_lock)
-            SendGather(SimpleHeader(cookie, NbdError.None), segments);
+            SendGather(ReplyHeaders.Simple(_header, cookie, NbdError.None), segments);
     }
 
-    /// <summary>OFFSET_DATA chunk: header, u64 offset, then the data.</summary>
     public void DataChunk(ulong cookie, bool done, ulong offset, ReadOnlySpan<byte> data)
     {
         lock (_lock)
-            Send(DataHeader(cookie, done, offset, data.Length), data);
+            Send(ReplyHeaders.Data(_header, cookie, done, offset, data.Length), data);
     }
 
     /// <summary>OFFSET_DATA chunk whose data comes from a file (spliced as in <see cref="SimpleReplyFromFile"/>).</summary>
@@ -76,77 +69,56 @@ internal sealed class ReplyWriter
         var pipe = SplicePipe.ForThisThread();
         pipe.Fill(descriptor, (long)offset, length);
         lock (_lock)
-            SendFile(DataHeader(cookie, done, offset, length), pipe, descriptor, (long)offset, length);
+            SendFile(ReplyHeaders.Data(_header, cookie, done, offset, length), pipe, descriptor, (long)offset, length);
     }
 
-    /// <summary>OFFSET_DATA chunk whose data is a memory store's segments (<paramref name="length"/> bytes in all).</summary>
     public void DataChunkGather(ulong cookie, bool done, ulong offset, ReadOnlySpan<MemorySegment> segments, int length)
     {
         lock (_lock)
-            SendGather(DataHeader(cookie, done, offset, length), segments);
+            SendGather(ReplyHeaders.Data(_header, cookie, done, offset, length), segments);
     }
 
-    /// <summary>OFFSET_HOLE chunk: u64 offset, u32 size.</summary>
     public void HoleChunk(ulong cookie, bool done, ulong offset, uint size)
     {
         lock (_lock)
-        {
-            var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize + 12);
-            WriteChunkHeader(h, cookie, done, NbdReplyChunkType.OffsetHole, 12);
-            BinaryPrimitives.WriteUInt64BigEndian(h[20..], offset);
-            BinaryPrimitives.WriteUInt32BigEndian(h[28..], size);
-            Send(h, default);
-        }
+            Send(ReplyHeaders.Hole(_header, cookie, done, offset, size), default);
     }
 
-    /// <summary>ERROR chunk with no message; always the final chunk.</summary>
     public void ErrorChunk(ulong cookie, NbdError error)
     {
         lock (_lock)
-        {
-            var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize + 6);
-            WriteChunkHeader(h, cookie, true, NbdReplyChunkType.Error, 6);
-            BinaryPrimitives.WriteUInt32BigEndian(h[20..], (uint)error);
-            BinaryPrimitives.WriteUInt16BigEndian(h[24..], 0);
-            Send(h, default);
-        }
+            Send(ReplyHeaders.Error(_header, cookie, error), default);
     }
 
-    /// <summary>BLOCK_STATUS chunk; <paramref name="descriptors"/> is already encoded as u32 id then {u32 length, u32 flags} pairs.</summary>
     public void BlockStatusChunk(ulong cookie, ReadOnlySpan<byte> descriptors)
     {
         lock (_lock)
+            Send(ReplyHeaders.BlockStatus(_header, cookie, descriptors.Length), descriptors);
+    }
+
+    /// <summary>
+    /// Sends whole replies gathered by a <see cref="ReplyBatch"/>: on a zero-copy transport the
+    /// vectors (into the batch's pinned buffer and the memory store's chunks) in one sendmsg,
+    /// otherwise <paramref name="contiguous"/>, which then holds every byte of them.
+    /// </summary>
+    public unsafe void SendBatch(Libc.IoVec* vectors, int count, ReadOnlySpan<byte> contiguous)
+    {
+        lock (_lock)
         {
-            var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize);
-            WriteChunkHeader(h, cookie, true, NbdReplyChunkType.BlockStatus, descriptors.Length);
-            Send(h, descriptors);
+            if (_failed)
+                return;
+            try
+            {
+                if (_transport.ZeroCopy)
+                    _transport.WriteVectors(vectors, count);
+                else
+                    _transport.Write(contiguous, default);
+            }
+            catch (IOException)
+            {
+                Fail();
+            }
         }
-    }
-
-    private Span<byte> SimpleHeader(ulong cookie, NbdError error)
-    {
-        var h = _header.AsSpan(0, NbdLimits.SimpleReplyHeaderSize);
-        BinaryPrimitives.WriteUInt32BigEndian(h, NbdMagic.SimpleReply);
-        BinaryPrimitives.WriteUInt32BigEndian(h[4..], (uint)error);
-        BinaryPrimitives.WriteUInt64BigEndian(h[8..], cookie);
-        return h;
-    }
-
-    private Span<byte> DataHeader(ulong cookie, bool done, ulong offset, int length)
-    {
-        var h = _header.AsSpan(0, NbdLimits.StructuredReplyHeaderSize + 8);
-        WriteChunkHeader(h, cookie, done, NbdReplyChunkType.OffsetData, 8 + length);
-        BinaryPrimitives.WriteUInt64BigEndian(h[20..], offset);
-        return h;
-    }
-
-    private static void WriteChunkHeader(Span<byte> h, ulong cookie, bool done, NbdReplyChunkType type, int length)
-    {
-        BinaryPrimitives.WriteUInt32BigEndian(h, NbdMagic.StructuredReply);
-        BinaryPrimitives.WriteUInt16BigEndian(h[4..], (ushort)(done ? NbdReplyChunkFlags.Done : NbdReplyChunkFlags.None));
-        BinaryPrimitives.WriteUInt16BigEndian(h[6..], (ushort)type);
-        BinaryPrimitives.WriteUInt64BigEndian(h[8..], cookie);
-        BinaryPrimitives.WriteUInt32BigEndian(h[16..], (uint)length);
     }
 
     private void Send(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body)

@@ -31,7 +31,7 @@ internal static class RequestExecutor
     /// </summary>
     internal static int SpliceMinimum = 64 * 1024;
 
-    public static NbdError Run(NbdRequest request, IBlockStore store, ReplyWriter writer, bool structured, uint? contextId,
+    public static NbdError Run(NbdRequest request, IBlockStore store, IReplySink writer, bool structured, uint? contextId,
         IoCounters counters)
     {
         bool fua = (request.Flags & NbdCommandFlags.Fua) != 0;
@@ -98,7 +98,7 @@ internal static class RequestExecutor
     }
 
     /// <summary>Counts the error, then sends it (counting first, so statistics never lag a reply the client has seen).</summary>
-    public static NbdError Fail(NbdRequest request, ReplyWriter writer, bool structured, NbdError error,
+    public static NbdError Fail(NbdRequest request, IReplySink writer, bool structured, NbdError error,
         IoCounters counters)
     {
         Interlocked.Increment(ref counters.Errors);
@@ -115,7 +115,7 @@ internal static class RequestExecutor
         counters.CountRead(length);
     }
 
-    private static void SimpleRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
+    private static void SimpleRead(NbdRequest request, IBlockStore store, IReplySink writer, IoCounters counters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
@@ -157,7 +157,7 @@ internal static class RequestExecutor
     }
 
     /// <summary>Structured READ: holes go out as OFFSET_HOLE chunks (no data on the wire), data as OFFSET_DATA.</summary>
-    private static void StructuredRead(NbdRequest request, IBlockStore store, ReplyWriter writer, IoCounters counters)
+    private static void StructuredRead(NbdRequest request, IBlockStore store, IReplySink writer, IoCounters counters)
     {
         long offset = (long)request.Offset;
         int length = (int)request.Length;
@@ -200,7 +200,7 @@ internal static class RequestExecutor
     }
 
     /// <summary>One OFFSET_DATA chunk, from the store's own memory or file where the transport allows, else through a pooled buffer.</summary>
-    private static void DataChunk(NbdRequest request, IBlockStore store, ReplyWriter writer, bool done, long offset, int length)
+    private static void DataChunk(NbdRequest request, IBlockStore store, IReplySink writer, bool done, long offset, int length)
     {
         if (writer.ZeroCopy)
         {
@@ -236,7 +236,7 @@ internal static class RequestExecutor
         }
     }
 
-    private static void BlockStatus(NbdRequest request, IBlockStore store, ReplyWriter writer, uint contextId)
+    private static void BlockStatus(NbdRequest request, IBlockStore store, IReplySink writer, uint contextId)
     {
         long offset = (long)request.Offset;
         long end = offset + request.Length;

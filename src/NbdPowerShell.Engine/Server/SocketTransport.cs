@@ -61,11 +61,19 @@ internal sealed class SocketTransport : NbdTransport
         }
     }
 
+    // Written by the one reader thread; read racily by the handshake deadline timer, which only
+    // needs to see that it moved.
+    private long _bytesReceived;
+
+    public override long BytesReceived => Volatile.Read(ref _bytesReceived);
+
     public override int Read(Span<byte> buffer)
     {
         try
         {
-            return _socket.Receive(buffer, SocketFlags.None);
+            int n = _socket.Receive(buffer, SocketFlags.None);
+            Volatile.Write(ref _bytesReceived, _bytesReceived + n);
+            return n;
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionReset or SocketError.Shutdown
                                             or SocketError.ConnectionAborted or SocketError.OperationAborted)
@@ -103,7 +111,7 @@ internal sealed class SocketTransport : NbdTransport
     }
 
     // Pinned, never written: the source of zeroes for holes and for file ranges past the end of the file.
-    private static readonly byte[] s_zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
+    internal static readonly byte[] Zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
 
     public override unsafe void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body)
     {
@@ -198,7 +206,7 @@ internal sealed class SocketTransport : NbdTransport
         int fd = AddRef(out bool added);
         try
         {
-            byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_zeroes));
+            byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Zeroes));
             Libc.IoVec* iov = stackalloc Libc.IoVec[Libc.IOV_MAX];
             fixed (byte* h = head)
             {
@@ -217,7 +225,7 @@ internal sealed class SocketTransport : NbdTransport
                         int n;
                         if (segment.Chunk is null)
                         {
-                            n = Math.Min(left, s_zeroes.Length);
+                            n = Math.Min(left, Zeroes.Length);
                             iov[used++] = new Libc.IoVec { Base = (nint)zeroes, Length = (nuint)n };
                         }
                         else
@@ -232,6 +240,19 @@ internal sealed class SocketTransport : NbdTransport
                 }
                 SendVectors(fd, iov, used, 0);
             }
+        }
+        finally
+        {
+            Release(added);
+        }
+    }
+
+    public override unsafe void WriteVectors(Libc.IoVec* vectors, int count)
+    {
+        int fd = AddRef(out bool added);
+        try
+        {
+            SendVectors(fd, vectors, count, 0);
         }
         finally
         {
@@ -261,14 +282,14 @@ internal sealed class SocketTransport : NbdTransport
 
     private static unsafe void SendZeroes(int fd, long count)
     {
-        byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(s_zeroes));
+        byte* zeroes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(Zeroes));
         Libc.IoVec* iov = stackalloc Libc.IoVec[64];
         while (count > 0)
         {
             int used = 0;
             while (count > 0 && used < 64)
             {
-                int n = (int)Math.Min(count, s_zeroes.Length);
+                int n = (int)Math.Min(count, Zeroes.Length);
                 iov[used++] = new Libc.IoVec { Base = (nint)zeroes, Length = (nuint)n };
                 count -= n;
             }

@@ -27,6 +27,8 @@ internal sealed class TlsTransport : NbdTransport
 
     public override bool PeerIsLocal => _inner.PeerIsLocal;
 
+    public override long BytesReceived => _inner.BytesReceived;
+
     public X509Certificate? ClientCertificate => _stream.RemoteCertificate;
 
     /// <summary>Runs the server side of the TLS handshake over <paramref name="inner"/>; throws AuthenticationException on failure.</summary>
@@ -55,6 +57,9 @@ internal sealed class TlsTransport : NbdTransport
         }
         return new TlsTransport(inner, stream);
     }
+
+    /// <summary>Wraps the client side of a TLS session (the handshake ran already, over the socket under <paramref name="inner"/>).</summary>
+    public static TlsTransport ForClient(NbdTransport inner, SslStream stream) => new(inner, stream);
 
     private static bool ChainsTo(X509Certificate certificate, X509Certificate2Collection authorities)
     {

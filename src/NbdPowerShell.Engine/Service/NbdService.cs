@@ -105,10 +105,15 @@ internal sealed class ServiceRuntime
             // Connection drains and the final wait for stuck requests each get part of the grace time, leaving room for the flush.
             var serverOptions = new NbdServerOptions { StopGracePeriod = TimeSpan.FromSeconds(Math.Max(1, (grace - 7) / 2.0)) };
             var host = new NbdHost(HostScope.Service, loggers, serverOptions);
+            // FUSE devices are the service's only: their FUSE server must outlive the pwsh that asked for them.
+            var fuse = new Fuse.FuseDeviceKind(paths.RuntimeDirectory, loggers.CreateLogger(LogCategories.Devices));
+            host.Devices.AddKind(fuse);
             addKinds?.Invoke(host.Devices);
             var service = new ServiceHost(host, store, paths, grace, log);
             log.LogInformation("NbdPowerShell service {Version} (pid {Pid}) starting: configuration {Config}, control socket {Socket}",
                 ServiceHost.ModuleVersion, Environment.ProcessId, paths.ConfigurationFile, paths.ControlSocket);
+            // Before devices come back: what a crashed earlier service left of its FUSE devices (mounts, loop devices).
+            service.CleanedUp = await CleanUpFuseAsync(fuse, log, cancellationToken).ConfigureAwait(false);
             var problems = await service.RestoreAsync(configuration, cancellationToken).ConfigureAwait(false);
             var control = new ControlServer(paths.ControlSocket, service, loggers.CreateLogger(LogCategories.Control)) { IdleTimeout = controlIdleTimeout ?? ControlServer.DefaultIdleTimeout };
             control.Start();
@@ -120,6 +125,25 @@ internal sealed class ServiceRuntime
         {
             await lockFile.DisposeAsync().ConfigureAwait(false);
             throw;
+        }
+    }
+
+    /// <summary>Cleans up what dead owners left of FUSE devices; returns one line per attachment cleaned (also logged). Never fatal.</summary>
+    private static async Task<IReadOnlyList<string>> CleanUpFuseAsync(Fuse.FuseDeviceKind fuse, ILogger log, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var report = await fuse.CleanUpAsync(cancellationToken).ConfigureAwait(false);
+            var lines = report.Cleaned.Select(c =>
+                $"FUSE device {(c.LoopDevices.Count > 0 ? string.Join(", ", c.LoopDevices) : c.Id)} of {c.Uri ?? "an unknown export"}, left by a process that ended: {string.Join("; ", c.Actions)}{(c.IsComplete ? "" : " (not complete: it goes once released)")}").ToArray();
+            foreach (string line in lines)
+                log.LogWarning("Cleaned up {What}", line);
+            return lines;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NbdKernelException)
+        {
+            log.LogWarning("Cleaning up FUSE devices of an earlier run failed: {Message}", e.Message);
+            return [$"cleaning up FUSE devices of an earlier run failed: {e.Message}"];
         }
     }
 

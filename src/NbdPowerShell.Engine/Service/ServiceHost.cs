@@ -48,6 +48,9 @@ public sealed class ServiceHost : INbdHost
 
     public DateTimeOffset StartTime { get; } = DateTimeOffset.Now;
 
+    /// <summary>What this start cleaned up of devices an earlier, crashed service left (FUSE mounts and loop devices).</summary>
+    public IReadOnlyList<string> CleanedUp { get; internal set; } = [];
+
     /// <summary>Set once a stop began: requests that change something are refused from then on.</summary>
     public bool IsStopping => _stop.Task.IsCompleted;
 
@@ -228,6 +231,7 @@ public sealed class ServiceHost : INbdHost
             IsSystemdManaged = SystemdNotify.IsUnderSystemd,
             IsStopping = IsStopping,
             Problems = problems,
+            CleanedUp = CleanedUp,
         };
     }
 

@@ -14,7 +14,7 @@ namespace NbdPowerShell.Engine.Storage;
 /// cache line that every connection writes on every read: disposing the store while calls still
 /// run is the caller's error, and the server disposes a store only after its connections closed.
 /// </summary>
-public sealed class FileBlockStore : IBlockStore, IFileDescriptorStore
+public sealed class FileBlockStore : IBlockStore, IFileDescriptorStore, IPageCacheStore
 {
     // Shared source of zeroes for the slow write-zeroes path; never written to.
     private static readonly byte[] s_zeroes = new byte[1 << 20];
@@ -32,6 +32,8 @@ public sealed class FileBlockStore : IBlockStore, IFileDescriptorStore
     private volatile bool _seekDataWorks;
     private volatile bool _discardWorks = true;
     private volatile bool _zeroOutWorks = true;
+    // RWF_NOWAIT reads: cleared after the first "not supported" (tmpfs and overlayfs answer EOPNOTSUPP).
+    private volatile bool _noWaitReadsWork = true;
 
     private FileBlockStore(SafeFileHandle fd, string description, long size, bool readOnly, bool isBlockDevice,
         int logicalSectorSize, bool hardwareZeroes, bool rotational)
@@ -191,6 +193,59 @@ public sealed class FileBlockStore : IBlockStore, IFileDescriptorStore
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// preadv2(RWF_NOWAIT): the kernel copies what the page cache holds and answers EAGAIN (or a
+    /// short count, after which the next call answers EAGAIN) where it would have to wait for the
+    /// device. Any failure returns false and leaves the real read, and its error, to the caller's
+    /// blocking path.
+    /// </summary>
+    bool IPageCacheStore.TryReadCached(long offset, Span<byte> destination)
+    {
+        if (!_noWaitReadsWork || _fd.IsClosed)
+            return false;
+        try
+        {
+            return TryReadNoWait(offset, destination);
+        }
+        catch (EntryPointNotFoundException)
+        {
+            _noWaitReadsWork = false; // A C library without preadv2.
+            return false;
+        }
+    }
+
+    private unsafe bool TryReadNoWait(long offset, Span<byte> destination)
+    {
+        fixed (byte* start = destination)
+        {
+            int done = 0;
+            while (done < destination.Length)
+            {
+                Libc.IoVec iov;
+                iov.Base = (nint)(start + done);
+                iov.Length = (nuint)(destination.Length - done);
+                nint n = Libc.PReadV2(_rawFd, &iov, 1, offset + done, Libc.RWF_NOWAIT);
+                if (n > 0)
+                {
+                    done += (int)n;
+                    continue;
+                }
+                if (n == 0)
+                {
+                    destination[done..].Clear(); // end of file: zeroes, as in Read
+                    return true;
+                }
+                int errno = Libc.LastErrno;
+                if (errno == Libc.EINTR)
+                    continue;
+                if (IsUnsupported(errno))
+                    _noWaitReadsWork = false;
+                return false;
+            }
+        }
+        return true;
     }
 
     public void Write(long offset, ReadOnlySpan<byte> source, bool fua)

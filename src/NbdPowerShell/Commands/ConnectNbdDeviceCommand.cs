@@ -1,6 +1,7 @@
 using System.Management.Automation;
 using NbdPowerShell.Completers;
 using NbdPowerShell.Engine.Client;
+using NbdPowerShell.Engine.Fuse;
 using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Protocol;
@@ -90,6 +91,10 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     [Parameter]
     public SwitchParameter NewDevice { get; set; }
 
+    /// <summary>Nbd: the kernel's nbd driver (/dev/nbdN). Fuse: a FUSE file served by the NbdPowerShell service, bound to /dev/loopN. Auto: Nbd where the driver exists, else Fuse with a warning.</summary>
+    [Parameter]
+    public DeviceDriver Driver { get; set; } = DeviceDriver.Auto;
+
     protected override bool LinuxOnly => true;
 
     protected override void ProcessRecord()
@@ -141,9 +146,31 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                 $"Export '{local.Value.Name}' is served by this PowerShell process and ends with it, so a device attached to it cannot be persistent; start the export with -Persistent first.", uri.ToString());
             return;
         }
+        string kind;
+        try
+        {
+            kind = DeviceDriverChoice.Choose(Driver, index is not null, out string? fallback);
+            if (fallback is not null)
+                WriteWarning(fallback);
+        }
+        catch (Exception e) when (IsExpected(e))
+        {
+            WriteNbdError(e, uri.ToString());
+            return;
+        }
+        bool fuse = kind == FuseDeviceKind.KindName;
+        if (fuse && servers is { Count: > 1 })
+        {
+            // Failover swaps the kernel's sockets (netlink RECONFIGURE); a FUSE device has none to swap.
+            WriteNbdError(ErrorIds.InvalidArgument,
+                "Several -Uri (failover) need the nbd driver, which this machine does not have or -Driver Fuse excluded; give one -Uri for a FUSE device.", Uri);
+            return;
+        }
+        if (fuse && local is { Scope: HostScope.Process })
+            WriteWarning($"Export '{local.Value.Name}' is served by this PowerShell process: the FUSE device reaches it at {uri} and fails once this process exits or stops the export.");
         // The service owns what must outlive this pwsh: persistent devices (supervised), failover lists, TLS relays,
-        // and devices of its own exports.
-        var owner = local?.Scope ?? (Persistent || uri.Tls || servers is { Count: > 1 } ? HostScope.Service : HostScope.Process);
+        // devices of its own exports, and FUSE servers.
+        var owner = fuse ? HostScope.Service : local?.Scope ?? (Persistent || uri.Tls || servers is { Count: > 1 } ? HostScope.Service : HostScope.Process);
 
         if (!NewDevice && FindAttached(uri, index) is { } existing)
         {
@@ -154,7 +181,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
 
         string by = owner == HostScope.Service ? " (owned by the NbdPowerShell service)" : local is not null ? " (served by this process)" : "";
         string what = servers is { Count: > 1 } ? $"{uri} (failover: {string.Join(", ", servers.Skip(1))})" : uri.ToString();
-        string target = $"{what}{by} as {(index is int i ? $"/dev/nbd{i}" : "the first free nbd device")}";
+        string target = $"{what}{by} as {(index is int i ? $"/dev/nbd{i}" : fuse ? "the first free loop device (through FUSE)" : "the first free nbd device")}";
         if (!ShouldProcess(target, Persistent ? "Connect persistent NBD device" : "Connect NBD device"))
             return;
 
@@ -162,8 +189,10 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         {
             var request = new DeviceRequest
             {
+                Kind = kind,
                 Uris = servers?.Select(u => u.ToString()).ToArray() ?? [uri.ToString()],
-                LocalExport = local?.Name,
+                // The FUSE server is a normal NBD client of the export's listener, not of a socket pair.
+                LocalExport = fuse ? null : local?.Name,
                 Tls = local is null ? BuildTlsSpec() : null,
                 ReadOnly = ReadOnly,
                 Index = index,
@@ -173,10 +202,11 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                 Connections = Connections,
                 Persistent = Persistent,
                 NewDevice = NewDevice,
+                Options = fuse ? new FuseDeviceRequestOptions { ChooseConnections = !MyInvocation.BoundParameters.ContainsKey(nameof(Connections)) }.ToJson() : null,
             };
             INbdHost host = owner == HostScope.Service ? StartService() : Hosts.Process;
             var result = Wait(host.AttachDeviceAsync(request, CancelToken), "Connect-NbdDevice",
-                $"Attaching {uri} as {(index is int n ? $"/dev/nbd{n}" : "an nbd device")}");
+                $"Attaching {uri} as {(index is int n ? $"/dev/nbd{n}" : fuse ? "a loop device through FUSE" : "an nbd device")}");
             var session = AllSessions()?.FirstOrDefault(s => s.Device == result.Value.Device) ?? OutputMapper.ToSession(null, result.Value, Hosts.Process);
             if (!result.Changed)
                 WriteVerbose($"{uri} is attached already as {session.Device}; nothing changed (use -NewDevice to attach another device).");
@@ -190,7 +220,8 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
 
     /// <summary>A connected device of the same export (server, port or socket, export name), on <paramref name="index"/> when given.</summary>
     private NbdSession? FindAttached(NbdUri uri, int? index) =>
-        AllSessions()?.FirstOrDefault(s => s.IsConnected && s.State == "Connected" && (index is null || s.Index == index)
+        AllSessions()?.FirstOrDefault(s => s.IsConnected && s.State == "Connected" && (index is null || (s.Index == index && s.Driver == "Nbd"))
+            && (Driver == DeviceDriver.Auto || s.Driver == Driver.ToString())
             && NbdUri.TryParse(s.Uri, out var attached) && DeviceRequest.SameExport(attached, uri));
 
     /// <summary>

@@ -6,7 +6,8 @@ namespace NbdPowerShell.Commands;
 
 /// <summary>
 /// Detaches nbd devices, through their owner when an NbdPowerShell process owns them (the service forgets a persistent
-/// one). A mounted (or otherwise held) device is refused unless -Force.
+/// one), and the service's FUSE devices (loop device, FUSE mount, connections). A mounted (or otherwise held) device
+/// is refused unless -Force.
 /// </summary>
 [Cmdlet(VerbsCommunications.Disconnect, "NbdDevice", DefaultParameterSetName = DeviceSet, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Medium)]
 [OutputType(typeof(NbdSession))]
@@ -47,32 +48,39 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
     protected override void ProcessRecord()
     {
         DrainEngineLog();
-        var targets = new List<(int Index, string Text)>();
+        // A target is an nbd device (by index) or a FUSE device of the service (by its /dev/loopN, Index null).
+        var targets = new List<(int? Index, string Device, string Text)>();
         switch (ParameterSetName)
         {
             case InputObjectSet:
-                targets.AddRange(InputObject.Select(s => (s.Index, s.Device)));
+                targets.AddRange(InputObject.Select(s => (s.Driver == "Fuse" ? (int?)null : s.Index, s.Driver == "Fuse" ? s.Device : $"/dev/nbd{s.Index}", s.Device)));
                 break;
             case IndexSet:
-                targets.AddRange(Index.Select(i => (i, $"/dev/nbd{i}")));
+                targets.AddRange(Index.Select(i => ((int?)i, $"/dev/nbd{i}", $"/dev/nbd{i}")));
                 break;
             default:
                 foreach (string d in Device)
                 {
                     if (Selection.ParseDevice(d) is int i)
-                        targets.Add((i, d));
+                        targets.Add((i, $"/dev/nbd{i}", d));
+                    else if (d.Trim().StartsWith("/dev/loop", StringComparison.Ordinal))
+                        targets.Add((null, d.Trim(), d));
                     else
-                        WriteNotFound(d, $"'{d}' is not an nbd device; use /dev/nbdN (Get-NbdSession lists the attached ones).");
+                        WriteNotFound(d, $"'{d}' is not an nbd device or a FUSE device's loop device; use /dev/nbdN or /dev/loopN (Get-NbdSession lists the attached ones).");
                 }
                 break;
         }
 
         if (targets.Count == 0 || AllSessions(includeFree: true) is not { } sessions)
             return;
-        foreach (var (index, text) in targets)
+        foreach (var (index, device, text) in targets)
         {
-            string device = $"/dev/nbd{index}";
-            var before = sessions.FirstOrDefault(s => s.Device == device);
+            var before = sessions.FirstOrDefault(s => s.Device == device && (index is not null || s.Driver == "Fuse"));
+            if (before is null && index is null)
+            {
+                WriteNotFound(text, $"{device} is not a FUSE device of the NbdPowerShell service; Get-NbdSession lists them (a loop device of another tool is detached with losetup -d).");
+                continue;
+            }
             if (before is null)
             {
                 WriteNotFound(text, $"{device} does not exist on this machine; Get-NbdSession lists the attached devices.");
@@ -83,6 +91,8 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
                 what += $", mounted at {string.Join(", ", before.MountPoints)}";
             if (before.Scope == "Service")
                 what += $", owned by the NbdPowerShell service{(before.IsPersistent ? " (it forgets it)" : "")}";
+            if (before.Driver == "Fuse")
+                what += $", through FUSE ({before.BackingFile})";
             if (!ShouldProcess(what, "Disconnect NBD device"))
                 continue;
             TryRun(() =>
@@ -93,7 +103,7 @@ public sealed class DisconnectNbdDeviceCommand : NbdCmdlet
                     "Service" => Hosts.Service.DetachDeviceAsync(device, Force, timeout, CancelToken),
                     "Process" => Hosts.Process.DetachDeviceAsync(device, Force, timeout, CancelToken),
                     // No NbdPowerShell process owns it (nbd-client, qemu-nbd, or a plain device the kernel holds alone).
-                    _ => new KernelAttacher(EngineLog.Default).DisconnectAsync(index, Force, timeout, CancelToken),
+                    _ => new KernelAttacher(EngineLog.Default).DisconnectAsync(index!.Value, Force, timeout, CancelToken),
                 };
                 Wait(detach, "Disconnect-NbdDevice", $"Disconnecting {device}");
                 if (PassThru)

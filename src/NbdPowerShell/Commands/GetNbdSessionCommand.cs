@@ -5,7 +5,8 @@ namespace NbdPowerShell.Commands;
 
 /// <summary>
 /// Lists every attached nbd device on the machine, whoever attached it (this module, the NbdPowerShell service,
-/// nbd-client, qemu-nbd), with which process owns or relays it and, for devices of the service, their state and history.
+/// nbd-client, qemu-nbd), with which process owns or relays it and, for devices of the service, their state and history;
+/// and the service's FUSE devices (/dev/loopN, Driver Fuse) with their FUSE file and statistics.
 /// </summary>
 [Cmdlet(VerbsCommon.Get, "NbdSession", DefaultParameterSetName = DeviceSet)]
 [OutputType(typeof(NbdSession))]
@@ -32,7 +33,7 @@ public sealed class GetNbdSessionCommand : NbdCmdlet
         if (DiscoverDevices() is not { } devices || AllSessions() is not { } sessions)
             return;
         var existing = devices.Select(d => d.Index).ToHashSet();
-        foreach (var session in Selection.Devices(this, sessions, existing, Device, ParameterSetName == IndexSet ? Index : null, "connected", s => s.Index, s => s.Device))
+        foreach (var session in Selection.Devices(this, sessions, existing, Device, ParameterSetName == IndexSet ? Index : null, "connected", s => s.Driver == "Nbd" ? s.Index : -1, s => s.Device))
             WriteObject(session);
     }
 }

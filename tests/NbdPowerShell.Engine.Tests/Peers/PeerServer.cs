@@ -91,6 +91,15 @@ public sealed class PeerServer : IDisposable
             NbdUri.ForTcp("127.0.0.1", port, exportName), [image]);
     }
 
+    /// <summary>qemu-nbd serving an existing raw <paramref name="image"/> (left in place) under <paramref name="exportName"/>.</summary>
+    public static PeerServer QemuNbdImage(string exportName, string image, bool readOnly = false)
+    {
+        int port = FreePort();
+        string[] ro = readOnly ? ["-r"] : [];
+        return Start("qemu-nbd", ["-f", "raw", "-x", exportName, "-p", port.ToString(), "-b", "127.0.0.1", "-t", .. ro, image],
+            NbdUri.ForTcp("127.0.0.1", port, exportName), []);
+    }
+
     /// <summary>nbd-server (foreground) with two named exports backed by files of the given sizes.</summary>
     public static PeerServer NbdServer(params (string Name, long Size)[] exports)
     {

@@ -236,6 +236,32 @@ public class HandshakeTests
     }
 
     [Fact]
+    public async Task Slow_client_that_keeps_sending_outlives_the_handshake_deadline()
+    {
+        // A starved machine makes a handshake slow without making it stall: the deadline must count
+        // silence, not the handshake's length. Here one option takes about three deadlines to arrive.
+        var deadline = TimeSpan.FromSeconds(2);
+        await using var server = new TestServer(new NbdServerOptions { HandshakeTimeout = deadline });
+        server.Add("a", new ArrayBlockStore(1 << 20));
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Greet();
+        var option = new byte[16 + RawNbdClient.InfoData("a").Length];
+        BinaryPrimitives.WriteUInt64BigEndian(option, NbdMagic.IHaveOpt);
+        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(8), (uint)NbdOption.Info);
+        BinaryPrimitives.WriteUInt32BigEndian(option.AsSpan(12), (uint)(option.Length - 16));
+        RawNbdClient.InfoData("a").CopyTo(option.AsSpan(16));
+        var gap = deadline / 8;
+        Assert.True(gap * option.Length > deadline * 2, "the option must take longer than two deadlines");
+        foreach (byte b in option)
+        {
+            c.Send(new[] { b });
+            Thread.Sleep(gap);
+        }
+        var replies = c.ReadOptionReplies();
+        Assert.Equal(NbdOptionReplyType.Ack, replies[^1].Type);
+    }
+
+    [Fact]
     public async Task Structured_reply_then_meta_contexts_list_and_set()
     {
         await using var server = await ServerWith("a");

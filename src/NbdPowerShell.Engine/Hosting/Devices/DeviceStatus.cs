@@ -34,6 +34,14 @@ public sealed record DeviceStatus
     public DateTimeOffset? LastLossTime { get; init; }
     /// <summary>Why it lost it (server closed or reset the connection, a request timed out, ...).</summary>
     public string? LastLossReason { get; init; }
+    /// <summary>Size, block size and mode as the owner sees them; null when the kernel's view is authoritative (nbd devices are read from sysfs).</summary>
+    public long? Size { get; init; }
+    public int? BlockSize { get; init; }
+    public bool? IsReadOnly { get; init; }
+    /// <summary>Where the device is mounted, when its owner reports it (FUSE devices).</summary>
+    public IReadOnlyList<string>? MountPoints { get; init; }
+    /// <summary>The file a loop device is bound to (FUSE devices: the export as a file in the FUSE mount).</summary>
+    public string? BackingFile { get; init; }
 }
 
 /// <summary>One event in a device's life: attached, adopted, relay ended, reconnected, ...</summary>

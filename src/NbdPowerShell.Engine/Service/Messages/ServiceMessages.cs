@@ -42,4 +42,6 @@ public sealed record ServiceStatus
     public bool IsStopping { get; init; }
     /// <summary>Configuration entries that were skipped and exports or devices that could not come back.</summary>
     public IReadOnlyList<string> Problems { get; init; } = [];
+    /// <summary>What the service cleaned up when it started: FUSE mounts and loop devices a crashed earlier service left.</summary>
+    public IReadOnlyList<string> CleanedUp { get; init; } = [];
 }

@@ -1,0 +1,209 @@
+using System.Buffers.Binary;
+using NbdPowerShell.Engine.Interop;
+using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Server;
+using NbdPowerShell.Engine.Storage;
+using NbdPowerShell.Engine.Tests.TestSupport;
+using Xunit;
+
+namespace NbdPowerShell.Engine.Tests.Server;
+
+/// <summary>
+/// Requests the connection's reader runs itself, their replies batched into one send: file reads
+/// the page cache answers without waiting (the rest go to workers, so replies come out of order),
+/// and every request to a memory store. Many requests are in flight at once, every reply is
+/// matched to its request by cookie and checked byte for byte.
+/// </summary>
+public class InlineRequestTests
+{
+    public static TheoryData<bool> ReplyModes => new() { false, true };
+
+    [Theory]
+    [MemberData(nameof(ReplyModes))]
+    public async Task Cached_and_uncached_file_reads_in_flight_together_all_get_their_own_data(bool structured)
+    {
+        await using var server = new TestServer();
+        const int size = 16 << 20;
+        string path = Path.Combine(server.Directory, "disk.img");
+        var model = new byte[size];
+        new Random(21).NextBytes(model);
+        File.WriteAllBytes(path, model);
+        // Only every other MiB stays in the page cache, so reads elsewhere cannot be answered
+        // without waiting (on file systems with RWF_NOWAIT reads; elsewhere every read goes to a
+        // worker). The whole file is dropped and half read back: a partial drop can leave large
+        // folios that straddle the range in place.
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.ReadWrite))
+        {
+            f.Flush(flushToDisk: true); // dirty pages cannot be dropped
+            Assert.Equal(0, Libc.PosixFAdvise(f.SafeFileHandle, 0, 0, Libc.POSIX_FADV_DONTNEED));
+            var mib = new byte[1 << 20];
+            for (int i = 0; i < 16; i += 2)
+                RandomAccess.Read(f.SafeFileHandle, mib, (long)i << 20);
+        }
+        server.Add("f", FileBlockStore.Open(path, readOnly: true));
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Go("f", structured);
+
+        var rng = new Random(4);
+        var requests = new List<(int Offset, int Length)>();
+        for (int i = 0; i < 400; i++)
+        {
+            int length = rng.Next(4) switch { 0 => 512, 1 => 4096, 2 => 64 * 1024, _ => 300 * 1024 };
+            requests.Add((rng.Next(size - length), length));
+        }
+        PipelineAndCheck(c, structured, requests, model);
+    }
+
+    [Theory]
+    [MemberData(nameof(ReplyModes))]
+    public async Task Memory_writes_and_reads_sent_in_one_burst_are_all_answered(bool structured)
+    {
+        // Few slots: the reader runs out of them with replies still in its batch, and must send those rather than wait.
+        await using var server = new TestServer(new NbdServerOptions { MaxRequestsInFlight = 4 });
+        const int size = 4 << 20;
+        var store = server.Add("m", new MemoryBlockStore(size));
+        var model = new byte[size];
+        new Random(8).NextBytes(model.AsSpan(0, size / 2));
+        store.Write(0, model.AsSpan(0, size / 2), fua: false); // the upper half stays a hole
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Go("m", structured);
+
+        // One send of many small writes (their payloads landing in the chunks), then reads across data and holes.
+        var burst = new MemoryStream();
+        var rng = new Random(2);
+        int writes = 0;
+        for (int i = 0; i < 200; i++)
+        {
+            int length = rng.Next(1, 3000);
+            int offset = rng.Next(size - length);
+            var payload = new byte[length];
+            rng.NextBytes(payload);
+            payload.CopyTo(model, offset);
+            burst.Write(Request(NbdCommand.Write, (ulong)offset, (uint)length, cookie: 1_000_000UL + (ulong)i));
+            burst.Write(payload);
+            writes++;
+        }
+        var sender = Task.Run(() => c.Send(burst.ToArray()));
+        for (int i = 0; i < writes; i++)
+        {
+            var (error, cookie, _) = c.ReadSimpleReply();
+            Assert.Equal(NbdError.None, error);
+            Assert.InRange(cookie, 1_000_000UL, 1_000_000UL + (ulong)writes - 1);
+        }
+        await sender;
+
+        var reads = new List<(int Offset, int Length)>();
+        for (int i = 0; i < 300; i++)
+        {
+            int length = rng.Next(1, 100_000);
+            reads.Add((rng.Next(size - length), length));
+        }
+        PipelineAndCheck(c, structured, reads, model);
+    }
+
+    [Fact]
+    public void A_file_store_reads_from_the_page_cache_without_waiting_and_declines_what_is_not_cached()
+    {
+        using var dir = new Storage.ScratchDirectory();
+        string path = dir.File("disk.img");
+        var data = new byte[4 << 20];
+        new Random(6).NextBytes(data);
+        File.WriteAllBytes(path, data);
+        using var store = FileBlockStore.Open(path, readOnly: false);
+        var cached = (IPageCacheStore)store;
+        var buffer = new byte[1 << 20];
+
+        // Just written, so in the page cache.
+        if (!cached.TryReadCached(0, buffer))
+        {
+            // tmpfs and overlayfs refuse RWF_NOWAIT reads: then the store declines every read, and
+            // all of them go to workers (the blocking path every other test covers).
+            Assert.False(cached.TryReadCached(1 << 20, buffer));
+            return;
+        }
+        Assert.True(data.AsSpan(0, 1 << 20).SequenceEqual(buffer));
+
+        // Written back, then dropped: the whole file, as a partial drop can leave large folios
+        // that straddle the range in place.
+        store.Flush();
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Read))
+            Assert.Equal(0, Libc.PosixFAdvise(f.SafeFileHandle, 0, 0, Libc.POSIX_FADV_DONTNEED));
+        Assert.False(cached.TryReadCached(2 << 20, buffer), "a read of pages just dropped from the cache did not decline");
+        // The blocking read brings them back; now they are answered without waiting.
+        store.Read(2 << 20, buffer);
+        Assert.True(data.AsSpan(2 << 20, 1 << 20).SequenceEqual(buffer));
+        Array.Clear(buffer);
+        Assert.True(cached.TryReadCached(2 << 20, buffer));
+        Assert.True(data.AsSpan(2 << 20, 1 << 20).SequenceEqual(buffer));
+
+        // Past the end of a file that shrank: zeroes, as the blocking read gives.
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Write))
+            f.SetLength((4 << 20) - 1000);
+        var tail = new byte[4096];
+        store.Read((4 << 20) - 4096, tail); // back into the page cache (the drop above took the whole file)
+        tail.AsSpan().Fill(0xEE);
+        Assert.True(cached.TryReadCached((4 << 20) - 4096, tail));
+        Assert.True(data.AsSpan((4 << 20) - 4096, 3096).SequenceEqual(tail.AsSpan(0, 3096)));
+        Assert.True(tail.AsSpan(3096).IndexOfAnyExcept((byte)0) < 0);
+    }
+
+    /// <summary>
+    /// Sends every read at once (from another thread, as a real client would), reads the replies in
+    /// whatever order they come, and checks each against the model by its cookie.
+    /// </summary>
+    private static void PipelineAndCheck(RawNbdClient c, bool structured, List<(int Offset, int Length)> reads, byte[] model)
+    {
+        var burst = new MemoryStream();
+        for (int i = 0; i < reads.Count; i++)
+            burst.Write(Request(NbdCommand.Read, (ulong)reads[i].Offset, (uint)reads[i].Length, (ulong)i));
+        var sender = Task.Run(() => c.Send(burst.ToArray()));
+        var data = new byte[reads.Count][];
+        var done = new bool[reads.Count];
+        int answered = 0;
+        while (answered < reads.Count)
+        {
+            var chunk = c.ReadChunk();
+            Assert.InRange(chunk.Cookie, 0UL, (ulong)reads.Count - 1);
+            int i = (int)chunk.Cookie;
+            Assert.False(done[i], $"request {i} answered twice");
+            var (offset, length) = reads[i];
+            data[i] ??= new byte[length];
+            switch (chunk.Type)
+            {
+                case NbdReplyChunkType.None: // a simple reply: the data follows
+                    Assert.Equal(NbdError.None, (NbdError)BinaryPrimitives.ReadUInt32BigEndian(chunk.Payload));
+                    data[i] = c.ReadExactly(length);
+                    break;
+                case NbdReplyChunkType.OffsetData:
+                    int at = (int)(BinaryPrimitives.ReadUInt64BigEndian(chunk.Payload) - (ulong)offset);
+                    chunk.Payload.AsSpan(8).CopyTo(data[i].AsSpan(at));
+                    break;
+                case NbdReplyChunkType.OffsetHole:
+                    int from = (int)(BinaryPrimitives.ReadUInt64BigEndian(chunk.Payload) - (ulong)offset);
+                    data[i].AsSpan(from, (int)BinaryPrimitives.ReadUInt32BigEndian(chunk.Payload.AsSpan(8))).Clear();
+                    break;
+                default:
+                    Assert.Fail($"request {i}: unexpected {chunk.Type} chunk");
+                    break;
+            }
+            if ((chunk.Flags & (ushort)NbdReplyChunkFlags.Done) != 0)
+            {
+                done[i] = true;
+                answered++;
+                Assert.True(model.AsSpan(offset, length).SequenceEqual(data[i]), $"read {i} of {length} at {offset} differs");
+            }
+        }
+        sender.Wait();
+    }
+
+    private static byte[] Request(NbdCommand command, ulong offset, uint length, ulong cookie)
+    {
+        var h = new byte[28];
+        BinaryPrimitives.WriteUInt32BigEndian(h, NbdMagic.Request);
+        BinaryPrimitives.WriteUInt16BigEndian(h.AsSpan(6), (ushort)command);
+        BinaryPrimitives.WriteUInt64BigEndian(h.AsSpan(8), cookie);
+        BinaryPrimitives.WriteUInt64BigEndian(h.AsSpan(16), offset);
+        BinaryPrimitives.WriteUInt32BigEndian(h.AsSpan(24), length);
+        return h;
+    }
+}
