@@ -92,6 +92,12 @@ Describe 'Connect-NbdDevice errors before the kernel is involved' -Skip:(-not $I
             Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
     }
 
+    It 'refuses several -Uri with -Driver Fuse (failover swaps the kernel sockets of an nbd device), naming the driver' {
+        { Connect-NbdDevice -Uri 'nbd://127.0.0.1:1/a', 'nbd://127.0.0.2:1/a' -ReadOnly -Driver Fuse -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*nbd driver*'
+        Get-NbdSession | Where-Object Uri -like 'nbd://127.0.0.*:1/a' | Should -BeNullOrEmpty
+    }
+
     It 'attaches nothing with -WhatIf' {
         $e | Connect-NbdDevice -WhatIf | Should -BeNullOrEmpty
         (Get-NbdExport -Name conn).ClientCount | Should -Be 0

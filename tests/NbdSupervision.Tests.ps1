@@ -71,7 +71,7 @@ Describe 'Supervised devices' -Tag 'Kernel' -Skip:(-not ($NbdTest.KernelReady -a
     }
 
     It 'reads on through a server restart, shows what happened, and is supervised again after a service restart' {
-        $session = Connect-NbdDevice -Uri $uri -ReadOnly -Persistent -DeadConnectionTimeout 900 -Timeout 60 -Confirm:$false
+        $session = Connect-NbdDevice -Uri $uri -Driver Nbd -ReadOnly -Persistent -DeadConnectionTimeout 900 -Timeout 60 -Confirm:$false
         $session.State | Should -Be 'Connected'
         $session.Scope | Should -Be 'Service'
         $session.IsPersistent | Should -BeTrue

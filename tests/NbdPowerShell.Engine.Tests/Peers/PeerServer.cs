@@ -159,6 +159,13 @@ public sealed class PeerServer : IDisposable
         var stderr = new System.Text.StringBuilder();
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) { stderr.AppendLine(e.Data); if (Environment.GetEnvironmentVariable("NBDPS_PEER_LOG") is { } log) File.AppendAllText(log, $"{binary}[{process.Id}]: {e.Data}\n"); } };
         process.OutputDataReceived += (_, _) => { };
+        // How a peer ended (exit code or signal) belongs beside its stderr when a restart test finds its port closed.
+        process.EnableRaisingEvents = true;
+        process.Exited += (_, _) =>
+        {
+            if (Environment.GetEnvironmentVariable("NBDPS_PEER_LOG") is { } log)
+                lock (stderr) File.AppendAllText(log, $"{binary}[{process.Id}]: exited with {process.ExitCode} at {DateTime.UtcNow:HH:mm:ss.fff}\n");
+        };
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
         return (process, stderr);
