@@ -42,6 +42,10 @@ namespace NbdPowerShell.Engine.Client;
 /// cannot be withdrawn in NBD; to give up on everything in flight call <see cref="Abort"/>, which fails all
 /// requests at once and closes the connections.
 /// </para>
+/// <para>
+/// <b>Reconnecting.</b> With <see cref="NbdBlockClientOptions.Reconnect"/> a broken connection is replaced by a
+/// fresh one to the same export, and each request that failed with it is sent once more on the new one.
+/// </para>
 /// </summary>
 public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
 {
@@ -51,12 +55,24 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// <summary>Zero and trim ranges above this are split; servers need not take anything near 4 GiB.</summary>
     private const long MaxRangeRequest = 1L << 30;
 
-    private readonly PipelinedConnection[] _connections;
+    /// <summary>Replaced as a whole (copy on write) when a broken connection is swapped for a fresh one.</summary>
+    private PipelinedConnection[] _connections;
+    private readonly Func<NbdClientOptions, CancellationToken, Task<NbdNegotiatedConnection>> _connect;
+    private readonly NbdClientOptions _clientOptions;
+    private readonly NbdBlockClientOptions _options;
+    /// <summary>One reconnect at a time, so requests failing together on one connection open one replacement.</summary>
+    private readonly SemaphoreSlim _reconnectGate = new(1, 1);
+    private long _reconnects;
+    private int _disposed;
     private int _next;
 
-    private NbdBlockClient(PipelinedConnection[] connections, bool isTls)
+    private NbdBlockClient(PipelinedConnection[] connections, bool isTls,
+        Func<NbdClientOptions, CancellationToken, Task<NbdNegotiatedConnection>> connect, NbdClientOptions clientOptions, NbdBlockClientOptions options)
     {
         _connections = connections;
+        _connect = connect;
+        _clientOptions = clientOptions;
+        _options = options;
         var first = connections[0];
         Uri = first.Uri;
         Export = first.Export;
@@ -93,6 +109,9 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// <summary>Connections really open (1 when the server does not allow multi-conn).</summary>
     public int ConnectionCount => _connections.Length;
 
+    /// <summary>Connections opened again after one broke (only with <see cref="NbdBlockClientOptions.Reconnect"/>).</summary>
+    public long Reconnects => Interlocked.Read(ref _reconnects);
+
     /// <summary>The server's minimum block size (1 when it named none): offsets and lengths should be multiples of it.</summary>
     public int MinimumBlockSize { get; }
 
@@ -108,7 +127,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
         get
         {
             int n = 0;
-            foreach (var c in _connections)
+            foreach (var c in Volatile.Read(ref _connections))
                 n += c.InFlight;
             return n;
         }
@@ -178,7 +197,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
                 catch (IOException) { extra.Dispose(); }
             }
         }
-        return new NbdBlockClient(opened.ToArray(), isTls);
+        return new NbdBlockClient(opened.ToArray(), isTls, connect, clientOptions, options);
     }
 
     /// <summary>Reads <paramref name="buffer"/>.Length bytes at <paramref name="offset"/>. Holes read as zeroes.</summary>
@@ -188,7 +207,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
         if (buffer.Length == 0)
             return ValueTask.CompletedTask;
         if (buffer.Length <= MaximumRequestSize)
-            return Pick().Submit(NbdCommand.Read, NbdCommandFlags.None, offset, (uint)buffer.Length, default, buffer, null, ct);
+            return Send(NbdCommand.Read, NbdCommandFlags.None, offset, (uint)buffer.Length, default, buffer, null, ct);
         return ReadSplitAsync(offset, buffer, ct);
     }
 
@@ -202,7 +221,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
             return ValueTask.CompletedTask;
         var flags = fua ? NbdCommandFlags.Fua : NbdCommandFlags.None;
         if (data.Length <= MaximumRequestSize)
-            return Pick().Submit(NbdCommand.Write, flags, offset, (uint)data.Length, data, default, null, ct);
+            return Send(NbdCommand.Write, flags, offset, (uint)data.Length, data, default, null, ct);
         return WriteSplitAsync(offset, data, flags, ct);
     }
 
@@ -210,7 +229,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     public ValueTask FlushAsync(CancellationToken ct = default)
     {
         CheckAdvertised(CanFlush, "FLUSH");
-        return Pick().Submit(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, null, ct);
+        return Send(NbdCommand.Flush, NbdCommandFlags.None, 0, 0, default, default, null, ct);
     }
 
     /// <summary>Tells the server the range is unused (a hint: its content afterwards is unspecified).</summary>
@@ -252,7 +271,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
         if (length == 0)
             return ValueTask.CompletedTask;
         uint asked = (uint)Math.Min(length, MaxRangeRequest);
-        return Pick().Submit(NbdCommand.BlockStatus, NbdCommandFlags.None, offset, asked, default, default, extents, ct);
+        return Send(NbdCommand.BlockStatus, NbdCommandFlags.None, offset, asked, default, default, extents, ct);
     }
 
     /// <summary>
@@ -261,23 +280,88 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// </summary>
     public void Abort()
     {
-        foreach (var c in _connections)
+        Volatile.Write(ref _disposed, 1); // a request failing now is not retried on a new connection
+        foreach (var c in Volatile.Read(ref _connections))
             c.Abort();
     }
 
     /// <summary>Waits briefly for requests in flight, says goodbye (NBD_CMD_DISC) on every connection and closes them.</summary>
     public ValueTask DisposeAsync()
     {
-        foreach (var c in _connections)
+        Volatile.Write(ref _disposed, 1);
+        foreach (var c in Volatile.Read(ref _connections))
             c.Disconnect(TimeSpan.FromSeconds(5));
         return ValueTask.CompletedTask;
     }
 
     public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
+    /// <summary>Sends one request on the least loaded connection; with reconnecting on, a request its broken connection failed goes once more to a fresh one.</summary>
+    private ValueTask Send(NbdCommand command, NbdCommandFlags flags, long offset, uint length,
+        ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
+    {
+        var connection = Pick();
+        var task = connection.Submit(command, flags, offset, length, payload, readInto, extents, ct);
+        if (!_options.Reconnect || task.IsCompletedSuccessfully)
+            return task;
+        return RetryOnFreshConnectionAsync(task, connection, command, flags, offset, length, payload, readInto, extents, ct);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask RetryOnFreshConnectionAsync(ValueTask sent, PipelinedConnection connection, NbdCommand command, NbdCommandFlags flags,
+        long offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readInto, List<Extent>? extents, CancellationToken ct)
+    {
+        try
+        {
+            await sent.ConfigureAwait(false);
+            return;
+        }
+        catch (Exception e) when (connection.Failure is not null && Volatile.Read(ref _disposed) == 0
+            && e is NbdConnectionException or NbdProtocolException or IOException)
+        {
+            // The connection is gone, not the request refused: the reader has let go of the buffers, so they can be sent again.
+        }
+        var fresh = await ReplaceAsync(connection, ct).ConfigureAwait(false);
+        extents?.Clear();
+        await fresh.Submit(command, flags, offset, length, payload, readInto, extents, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Puts a fresh connection to the same export in the place of <paramref name="broken"/> (unless another request already did).</summary>
+    private async Task<PipelinedConnection> ReplaceAsync(PipelinedConnection broken, CancellationToken ct)
+    {
+        await _reconnectGate.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var current = Volatile.Read(ref _connections);
+            int index = Array.IndexOf(current, broken);
+            if (index < 0)
+                return Pick(); // replaced while this request waited for the gate
+            var negotiated = await _connect(_clientOptions, ct).ConfigureAwait(false);
+            if (negotiated.Size != Size || negotiated.Flags != Flags || negotiated.StructuredReplies != StructuredReplies || Volatile.Read(ref _disposed) != 0)
+            {
+                negotiated.Dispose();
+                ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+                throw new NbdConnectionException($"{Uri} changed after reconnecting: size {negotiated.Size} (was {Size}), flags {negotiated.Flags} (was {Flags}); the disk is no longer the same export.");
+            }
+            var fresh = PipelinedConnection.Start(negotiated, _options.MaxInFlightPerConnection, _options.InlineCompletions);
+            var next = (PipelinedConnection[])current.Clone();
+            next[index] = fresh;
+            Volatile.Write(ref _connections, next);
+            if (Volatile.Read(ref _disposed) != 0)
+                fresh.Dispose(); // disposed while publishing: the dispose may not have seen it
+            Interlocked.Increment(ref _reconnects);
+            broken.Dispose();
+            return fresh;
+        }
+        finally
+        {
+            _reconnectGate.Release();
+        }
+    }
+
     private PipelinedConnection Pick()
     {
-        var connections = _connections;
+        var connections = Volatile.Read(ref _connections);
         if (connections.Length == 1)
             return connections[0];
         // Least loaded first, starting the scan at a moving index so ties spread out.
@@ -330,7 +414,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
         if (length == 0)
             return ValueTask.CompletedTask;
         if (length <= MaxRangeRequest)
-            return Pick().Submit(command, flags, offset, (uint)length, default, default, null, ct);
+            return Send(command, flags, offset, (uint)length, default, default, null, ct);
         return RangeSplitAsync(command, flags, offset, length, ct);
     }
 
@@ -349,7 +433,7 @@ public sealed class NbdBlockClient : IAsyncDisposable, IDisposable
     /// <summary>Submits, turning a synchronous throw (cancellation while waiting for a slot) into a faulted task so every piece is awaited.</summary>
     private ValueTask SubmitOrFail(NbdCommand command, NbdCommandFlags flags, long offset, uint length, ReadOnlyMemory<byte> payload, Memory<byte> readInto, CancellationToken ct)
     {
-        try { return Pick().Submit(command, flags, offset, length, payload, readInto, null, ct); }
+        try { return Send(command, flags, offset, length, payload, readInto, null, ct); }
         catch (Exception e) { return ValueTask.FromException(e); }
     }
 

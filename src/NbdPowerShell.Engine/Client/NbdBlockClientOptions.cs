@@ -31,4 +31,12 @@ public sealed record NbdBlockClientOptions
     /// Off by default.
     /// </summary>
     public bool InlineCompletions { get; init; }
+
+    /// <summary>
+    /// When a connection breaks (server restarted, link dropped), open a fresh one to the same export in its place
+    /// and send each request that failed with it once more there; <see cref="NbdBlockClient.Reconnects"/> counts
+    /// them. The new connection must show the same size and flags, or the requests fail. Error replies are never
+    /// retried. Off by default: a client that copies once would rather fail than repeat writes.
+    /// </summary>
+    public bool Reconnect { get; init; }
 }

@@ -76,10 +76,21 @@ public sealed class FuseAttacher : IAsyncDisposable
         if (options.MaxInFlight is < 1 or > ushort.MaxValue) throw new ArgumentOutOfRangeException(nameof(options), options.MaxInFlight, "MaxInFlight must be 1..65535.");
         EnsureAvailable();
 
-        var connections = await ConnectAsync(uri, options, client, ct).ConfigureAwait(false);
-        var first = connections[0];
-        var pool = new NbdConnectionPool(connections, token => NbdClient.ConnectAsync(uri, client, token), _logger);
-        return await AttachAsync(pool, options, first.Export.MinimumBlockSize, first.Export.PreferredBlockSize, ct: ct).ConfigureAwait(false);
+        var blockClient = await NbdBlockClient.ConnectAsync(uri, new NbdBlockClientOptions
+        {
+            Client = client ?? NbdClientOptions.Default,
+            Connections = options.Connections ?? FuseAttachOptions.DefaultMultiConnections, // one where the export has no multi-conn
+            MaxInFlightPerConnection = Math.Min(options.MaxInFlight, 1024),
+            InlineCompletions = true,
+            Reconnect = true,
+        }, ct).ConfigureAwait(false);
+        if (options.Connections is > 1 && !blockClient.CanMultiConn)
+        {
+            await blockClient.DisposeAsync().ConfigureAwait(false);
+            throw new NbdMultiConnNotSupportedException($"{blockClient.Uri} does not advertise CAN_MULTI_CONN, so it cannot be attached with {options.Connections} connections; use one connection.");
+        }
+        var export = blockClient.Export;
+        return await AttachAsync(new NbdBlockClientIo(blockClient), options, export.MinimumBlockSize, export.PreferredBlockSize, ct: ct).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -161,29 +172,6 @@ public sealed class FuseAttacher : IAsyncDisposable
             server?.Dispose();
             await io.DisposeAsync().ConfigureAwait(false);
             _runtime.Remove(id);
-            throw;
-        }
-    }
-
-    private async Task<List<NbdNegotiatedConnection>> ConnectAsync(NbdUri uri, FuseAttachOptions options, NbdClientOptions? client, CancellationToken ct)
-    {
-        var first = await NbdClient.ConnectAsync(uri, client, ct).ConfigureAwait(false);
-        var connections = new List<NbdNegotiatedConnection> { first };
-        try
-        {
-            int count = options.Connections ?? (first.CanMultiConn ? FuseAttachOptions.DefaultMultiConnections : 1);
-            if (count > 1 && !first.CanMultiConn)
-                throw new NbdMultiConnNotSupportedException($"{first.Uri} does not advertise CAN_MULTI_CONN, so it cannot be attached with {count} connections; use one connection.");
-            var more = await Task.WhenAll(Enumerable.Range(1, count - 1).Select(_ => NbdClient.ConnectAsync(uri, client, ct))).ConfigureAwait(false);
-            connections.AddRange(more);
-            foreach (var c in more)
-                if (c.Size != first.Size || c.Flags != first.Flags)
-                    throw new NbdFuseException($"The connections to {uri} disagree about the export: size {c.Size} vs {first.Size}, flags {c.Flags} vs {first.Flags}.");
-            return connections;
-        }
-        catch
-        {
-            foreach (var c in connections) await c.DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }

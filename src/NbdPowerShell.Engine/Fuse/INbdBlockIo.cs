@@ -5,10 +5,8 @@ namespace NbdPowerShell.Engine.Fuse;
 
 /// <summary>
 /// The NBD export as the FUSE server uses it: positional reads and writes, flush and zeroing, all of which may be
-/// called concurrently from many requests at once, completing synchronously or not. Implemented today by
-/// <see cref="NbdConnectionPool"/> (one request in flight per connection); a pipelined client (many requests per
-/// connection, replies out of order) replaces that file, and the line in FuseAttacher.AttachAsync that makes it,
-/// without touching the FUSE side.
+/// called concurrently from many requests at once, completing synchronously or not. Implemented by
+/// <see cref="NbdBlockClientIo"/> over the pipelined client (and in the benchmark by a disk in memory).
 /// </summary>
 internal interface INbdBlockIo : IAsyncDisposable
 {

@@ -26,6 +26,41 @@ public class NbdBlockClientTests
         return data;
     }
 
+    /// <summary>nbdkit restarts on the same socket: with Reconnect the next requests open a new connection and carry on; without, they fail.</summary>
+    [Fact]
+    public async Task Reconnects_after_the_server_restarts_only_when_asked()
+    {
+        string dir = Directory.CreateTempSubdirectory("nbdps-reconnect-").FullName;
+        try
+        {
+            string image = Path.Combine(dir, "disk.img");
+            using (var f = File.Create(image)) f.SetLength(4 << 20);
+            string sock = Path.Combine(dir, "nbd.sock");
+            var data = Pattern(0, 1 << 20);
+            var first = PeerServer.NbdkitUnixAt(sock, "file", image);
+            NbdBlockClient reconnecting, plain;
+            try
+            {
+                reconnecting = await NbdBlockClient.ConnectAsync(first.Uri, new NbdBlockClientOptions { Reconnect = true });
+                plain = await NbdBlockClient.ConnectAsync(first.Uri);
+                await reconnecting.WriteAsync(0, data).AsTask().WaitAsync(Limit);
+            }
+            finally { first.Dispose(); }
+            await using (reconnecting)
+            await using (plain)
+            {
+                using var restarted = PeerServer.NbdkitUnixAt(sock, "file", image);
+                var back = new byte[data.Length];
+                await reconnecting.ReadAsync(0, back).AsTask().WaitAsync(Limit);
+                Assert.Equal(data, back);
+                Assert.True(reconnecting.Reconnects >= 1, "the client must have opened a new connection");
+                await Assert.ThrowsAnyAsync<NbdClientException>(() => plain.ReadAsync(0, back).AsTask().WaitAsync(Limit));
+                Assert.Equal(0, plain.Reconnects);
+            }
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
     [Fact]
     public async Task Replies_in_reverse_order_split_into_data_and_hole_chunks_land_in_the_right_buffers()
     {
