@@ -98,6 +98,17 @@ Describe 'Connect-NbdDevice errors before the kernel is involved' -Skip:(-not $I
         Get-NbdSession | Where-Object Uri -like 'nbd://127.0.0.*:1/a' | Should -BeNullOrEmpty
     }
 
+    It 'refuses several -ComputerName without -ReadOnly, like several -Uri' {
+        { Connect-NbdDevice -ComputerName 127.0.0.1, 127.0.0.2 -Port 1 -ExportName a -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*-ComputerName*-ReadOnly*'
+    }
+
+    It 'refuses several -ComputerName with -Driver Fuse, naming the driver' {
+        { Connect-NbdDevice -ComputerName 127.0.0.1, 127.0.0.2 -Port 1 -ExportName a -ReadOnly -Driver Fuse -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*nbd driver*'
+        Get-NbdSession | Where-Object Uri -like 'nbd://127.0.0.*:1/a' | Should -BeNullOrEmpty
+    }
+
     It 'attaches nothing with -WhatIf' {
         $e | Connect-NbdDevice -WhatIf | Should -BeNullOrEmpty
         (Get-NbdExport -Name conn).ClientCount | Should -Be 0

@@ -47,7 +47,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Find-NbdExport", "SocketPath", "SocketPath", "String", true, -1, false, true, "" },
         { "Find-NbdExport", "Uri", "Uri", "String[]", true, -1, false, true, "" },
         { "Connect-NbdDevice", "Uri", "Uri", "String[]", true, -1, false, true, "" },
-        { "Connect-NbdDevice", "ComputerName", "ComputerName", "String", true, 0, false, true, "Server,CN" },
+        { "Connect-NbdDevice", "ComputerName", "ComputerName", "String[]", true, 0, false, true, "Server,CN" },
         { "Connect-NbdDevice", "Port", "ComputerName", "Int32", false, -1, false, true, "" },
         { "Connect-NbdDevice", "ExportName", "ComputerName", "String", false, 1, false, true, "Name" },
         { "Connect-NbdDevice", "ExportName", "SocketPath", "String", false, 1, false, true, "Name" },

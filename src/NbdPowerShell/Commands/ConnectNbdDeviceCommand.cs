@@ -23,10 +23,14 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     private const string InputObjectSet = "InputObject";
     private const string UriSet = "Uri";
 
+    /// <summary>
+    /// The server. Several hosts that share one -Port and export name are failover servers of one read-only image,
+    /// tried in order, like several -Uri.
+    /// </summary>
     [Parameter(ParameterSetName = ComputerNameSet, Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
     [Alias("Server", "CN")]
     [ValidateNotNullOrEmpty]
-    public string ComputerName { get; set; } = "";
+    public string[] ComputerName { get; set; } = [];
 
     [Parameter(ParameterSetName = ComputerNameSet, ValueFromPipelineByPropertyName = true)]
     [ValidateRange(1, 65535)]
@@ -117,14 +121,8 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         switch (ParameterSetName)
         {
             case UriSet:
-                if (!TryParseUris(Uri, out servers))
+                if (!TryParseUris(Uri, out servers) || !FailoverIsReadOnly(servers, "-Uri", Uri))
                     return;
-                if (servers.Count > 1 && !ReadOnly)
-                {
-                    WriteNbdError(ErrorIds.InvalidArgument,
-                        "Several -Uri are failover servers of one read-only image: add -ReadOnly. A writable device reconnects only to the server it was attached to (writes acknowledged by one server are not on another).", Uri);
-                    return;
-                }
                 uri = servers[0];
                 break;
             case SocketPathSet:
@@ -137,7 +135,12 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                     uri = uri.WithTls(true);
                 break;
             default:
-                uri = NbdUri.ForTcp(ComputerName, Port, ExportName, WantsTls);
+                servers = ComputerName.Select(host => NbdUri.ForTcp(host, Port, ExportName, WantsTls)).ToList();
+                if (!FailoverIsReadOnly(servers, "-ComputerName", ComputerName))
+                    return;
+                uri = servers[0];
+                if (servers.Count == 1)
+                    servers = null;
                 break;
         }
         if (local is { Scope: HostScope.Process } && Persistent)
@@ -163,7 +166,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         {
             // Failover swaps the kernel's sockets (netlink RECONFIGURE); a FUSE device has none to swap.
             WriteNbdError(ErrorIds.InvalidArgument,
-                "Several -Uri (failover) need the nbd driver, which this machine does not have or -Driver Fuse excluded; give one -Uri for a FUSE device.", Uri);
+                "Several servers (failover) need the nbd driver, which this machine does not have or -Driver Fuse excluded; give one -Uri or -ComputerName for a FUSE device.", servers.Select(u => u.ToString()).ToArray());
             return;
         }
         if (fuse && local is { Scope: HostScope.Process })
@@ -219,6 +222,19 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     }
 
     /// <summary>A connected device of the same export (server, port or socket, export name), on <paramref name="index"/> when given.</summary>
+    /// <summary>
+    /// Several servers are failover targets of one read-only image; a writable device must stay on the server that
+    /// acknowledged its writes, so several servers without -ReadOnly are refused.
+    /// </summary>
+    private bool FailoverIsReadOnly(List<NbdUri> servers, string parameter, string[] values)
+    {
+        if (servers.Count <= 1 || ReadOnly)
+            return true;
+        WriteNbdError(ErrorIds.InvalidArgument,
+            $"Several {parameter} values are failover servers of one read-only image: add -ReadOnly. A writable device reconnects only to the server it was attached to (writes acknowledged by one server are not on another).", values);
+        return false;
+    }
+
     private NbdSession? FindAttached(NbdUri uri, int? index) =>
         AllSessions()?.FirstOrDefault(s => s.IsConnected && s.State == "Connected" && (index is null || (s.Index == index && s.Driver == "Nbd"))
             && (Driver == DeviceDriver.Auto || s.Driver == Driver.ToString())
