@@ -12,9 +12,11 @@ namespace NbdPowerShell.Engine.Tests.Kernel;
 /// <summary>
 /// Supervised devices under the real nbd driver: servers are killed (SIGKILL) and started again on the same port, or
 /// replaced by another server, while dd reads; every test checks the data by hash and counts I/O errors (dd's and the
-/// kernel log's).
+/// kernel log's). Most of their time is waiting (servers restarting, request and dead-connection timeouts), so
+/// tools/test.sh runs them in a second VM boot beside the other kernel tests (the KernelLane trait).
 /// </summary>
 [Trait("Category", "Kernel")]
+[Trait("KernelLane", "2")]
 [Collection("Kernel")]
 public sealed class SupervisorKernelTests : IDisposable
 {
