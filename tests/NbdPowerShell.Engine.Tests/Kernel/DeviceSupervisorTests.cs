@@ -96,6 +96,14 @@ public sealed class DeviceSupervisorTests : IAsyncDisposable
     private static int Connections(TestServer server) => server.Server.GetExport("img")!.Connections.Count;
 
     [Fact]
+    public void A_device_with_a_long_request_timeout_gives_each_handshake_as_long()
+    {
+        var options = new DeviceSupervisorOptions { ConnectTimeout = TimeSpan.FromSeconds(15) };
+        Assert.Equal(TimeSpan.FromSeconds(15), options.ConnectLimit(5));
+        Assert.Equal(TimeSpan.FromSeconds(120), options.ConnectLimit(120));
+    }
+
+    [Fact]
     public async Task Adoption_sets_the_timeouts_and_leaves_a_healthy_device_alone()
     {
         var (server, record, kernel) = await Device(slots: 1);

@@ -100,7 +100,7 @@ public sealed class DeviceSupervisor : IAsyncDisposable
         var kernel = new NetlinkKernelControl(listener, logger);
         try
         {
-            var clientOptions = new NbdClientOptions { Timeout = options.ConnectTimeout, Tls = request.Tls?.Load() };
+            var clientOptions = new NbdClientOptions { Timeout = options.ConnectLimit(request.RequestTimeoutSeconds), Tls = request.Tls?.Load() };
             var (uri, connections) = await ConnectFirstAsync(request, clientOptions, ct).ConfigureAwait(false);
             var first = connections[0];
             bool readOnly = request.ReadOnly || first.IsReadOnly;
@@ -462,7 +462,7 @@ public sealed class DeviceSupervisor : IAsyncDisposable
             return new ReplaceOutcome(ReplaceKind.Whole, CurrentServer);
         }
         NbdClientOptions clientOptions;
-        try { clientOptions = new NbdClientOptions { Timeout = _options.ConnectTimeout, Tls = _record.Tls?.Load() }; }
+        try { clientOptions = new NbdClientOptions { Timeout = _options.ConnectLimit(_record.RequestTimeoutSeconds), Tls = _record.Tls?.Load() }; }
         catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
         {
             return Failure($"the TLS files cannot be read: {e.Message}");

@@ -5,8 +5,21 @@ public sealed record DeviceSupervisorOptions
 {
     public static DeviceSupervisorOptions Default { get; } = new();
 
-    /// <summary>Limit for connecting to one server and negotiating (and reading the fingerprint blocks).</summary>
+    /// <summary>
+    /// Least limit for connecting to one server and negotiating (and reading the fingerprint blocks); see
+    /// <see cref="ConnectLimit"/>.
+    /// </summary>
     public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>
+    /// The limit for one connect and negotiation of a device whose kernel request timeout is
+    /// <paramref name="requestTimeoutSeconds"/>: <see cref="ConnectTimeout"/>, or the request timeout when that is
+    /// longer. The device waits that long for any one request, so a server that answers that slowly is one it works
+    /// with; giving up on its handshake sooner would refuse a server the device itself tolerates (a TLS handshake on a
+    /// starved machine).
+    /// </summary>
+    public TimeSpan ConnectLimit(int requestTimeoutSeconds) =>
+        TimeSpan.FromSeconds(Math.Max(ConnectTimeout.TotalSeconds, requestTimeoutSeconds));
 
     /// <summary>First wait between reconnect rounds; doubles up to <see cref="MaximumBackoff"/>.</summary>
     public TimeSpan InitialBackoff { get; init; } = TimeSpan.FromMilliseconds(100);
