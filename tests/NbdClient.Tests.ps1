@@ -26,6 +26,28 @@ Describe 'Find-NbdExport' -Skip:(-not $IsLinux) {
         ([pscustomobject]@{ ComputerName = '127.0.0.1'; Port = $e.Port } | Find-NbdExport).Name | Should -Contain 'find-ro'
     }
 
+    It 'takes NBD URIs, by parameter and by property name, and lists only the export a URI names' {
+        $all = Find-NbdExport -Uri "nbd://127.0.0.1:$($e.Port)"
+        $all.Name | Sort-Object | Should -Be @('find-ro', 'find-rw')
+        $one = Find-NbdExport -Uri "nbd://127.0.0.1:$($e.Port)/find-ro"
+        $one.Name | Should -Be 'find-ro'
+        # A Uri property binds by name.
+        ([pscustomobject]@{ Uri = "nbd://127.0.0.1:$($e.Port)/find-rw" } | Find-NbdExport).Name | Should -Be 'find-rw'
+        (Find-NbdExport -Uri $one.Uri).Uri | Should -Be $one.Uri
+    }
+
+    It 'writes NbdExportNameUnknown for a URI naming an export the server does not have' {
+        { Find-NbdExport -Uri "nbd://127.0.0.1:$($e.Port)/nope" -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdExportNameUnknown,NbdPowerShell.Commands.FindNbdExportCommand'
+    }
+
+    It 'writes NbdUriInvalid for a value that is not an NBD URI, and lists nothing' {
+        $out = Find-NbdExport -Uri 'http://127.0.0.1/x', "nbd://127.0.0.1:$($e.Port)" -ErrorVariable problems -ErrorAction SilentlyContinue
+        $out | Should -BeNullOrEmpty
+        $problems[0].FullyQualifiedErrorId | Should -Be 'NbdUriInvalid,NbdPowerShell.Commands.FindNbdExportCommand'
+        $problems[0].CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+
     It 'writes NbdConnectionFailed when nothing listens' {
         { Find-NbdExport -ComputerName 127.0.0.1 -Port (Get-FreeTcpPort) -ErrorAction Stop } |
             Should -Throw -ErrorId 'NbdConnectionFailed,NbdPowerShell.Commands.FindNbdExportCommand'
@@ -58,6 +80,33 @@ Describe 'Connect-NbdDevice errors before the kernel is involved' -Skip:(-not $I
     It 'writes NbdExportNameUnknown for an export the server does not have' {
         { Connect-NbdDevice -ComputerName 127.0.0.1 -Port $e.Port -ExportName nope -Driver Nbd -ErrorAction Stop } |
             Should -Throw -ErrorId 'NbdExportNameUnknown,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
+    }
+
+    It 'writes NbdUriInvalid for a -Uri that is not an NBD URI' {
+        { Connect-NbdDevice -Uri 'nbd:/broken' -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdUriInvalid,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
+    }
+
+    It 'refuses several -Uri without -ReadOnly before anything is attached or started' {
+        { Connect-NbdDevice -Uri 'nbd://127.0.0.1:1/a', 'nbd://127.0.0.2:1/a' -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand'
+    }
+
+    It 'refuses several -Uri with -Driver Fuse (failover swaps the kernel sockets of an nbd device), naming the driver' {
+        { Connect-NbdDevice -Uri 'nbd://127.0.0.1:1/a', 'nbd://127.0.0.2:1/a' -ReadOnly -Driver Fuse -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*nbd driver*'
+        Get-NbdSession | Where-Object Uri -like 'nbd://127.0.0.*:1/a' | Should -BeNullOrEmpty
+    }
+
+    It 'refuses several -ComputerName without -ReadOnly, like several -Uri' {
+        { Connect-NbdDevice -ComputerName 127.0.0.1, 127.0.0.2 -Port 1 -ExportName a -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*-ComputerName*-ReadOnly*'
+    }
+
+    It 'refuses several -ComputerName with -Driver Fuse, naming the driver' {
+        { Connect-NbdDevice -ComputerName 127.0.0.1, 127.0.0.2 -Port 1 -ExportName a -ReadOnly -Driver Fuse -ErrorAction Stop } |
+            Should -Throw -ErrorId 'NbdInvalidArgument,NbdPowerShell.Commands.ConnectNbdDeviceCommand' -ExpectedMessage '*nbd driver*'
+        Get-NbdSession | Where-Object Uri -like 'nbd://127.0.0.*:1/a' | Should -BeNullOrEmpty
     }
 
     It 'attaches nothing with -WhatIf' {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one command that runs every test: the xunit projects of the solution and the Pester suite, each in a host
 # part and a kernel part. The kernel part (xunit Category=Kernel, Pester tag Kernel) runs directly as root with the
-# nbd module, otherwise inside $NBD_VM_RUNNER (one VM boot for both), otherwise on the host, where its tests skip
-# with a reason. It runs beside the host parts, against a snapshot of the built module.
+# nbd module, otherwise inside $NBD_VM_RUNNER, otherwise on the host, where its tests skip with a reason. It runs
+# beside the host parts, against a snapshot of the built module, in two lanes: xunit classes marked
+# [Trait("KernelLane", "2")] (long tests that mostly wait for servers and kernel timeouts) run in a second VM boot at
+# the same time as the rest, so their waiting overlaps; directly on the host the lanes run one after the other.
 # PowerShell is the pwsh on PATH or the repository's .NET tool (tools/pwsh); Pester 5.9.1 is restored from NuGet.
 # Every runner writes a result file (TRX, NUnit XML) into out/test-results; tools/TestSummary counts those files,
 # and a missing or unreadable one counts as a failure. New test projects (any project of the solution with
@@ -18,8 +20,8 @@ export DOTNET_NOLOGO=1 DOTNET_CLI_TELEMETRY_OPTOUT=1
 expected=()       # result files that must exist after the runs
 runner_errors=0   # runners that exited non-zero (checked against the result files at the end)
 extra_failed=0; extra_skipped=0
-kernel_pid=
-trap '[ -z "$kernel_pid" ] || kill "$kernel_pid" 2>/dev/null' EXIT
+kernel_pid=; lane2_pid=
+trap '[ -z "$kernel_pid" ] || kill "$kernel_pid" 2>/dev/null; [ -z "$lane2_pid" ] || kill "$lane2_pid" 2>/dev/null' EXIT
 section() { echo "== $* [${SECONDS}s]"; }
 
 section "build"
@@ -30,13 +32,14 @@ fi
 summary_dll=$root/tools/TestSummary/bin/Release/net10.0/TestSummary.dll
 
 # Test projects of the solution, and those of them that hold kernel tests.
-test_projects=(); kernel_projects=()
+test_projects=(); kernel_projects=(); lane2_projects=()
 while IFS= read -r p; do
     p=${p//\\//}
     case $p in *.csproj) ;; *) continue ;; esac
     grep -qs '<IsTestProject>true</IsTestProject>' "$p" || continue
     test_projects+=("$p")
     if grep -rqs --include='*.cs' 'Trait("Category", "Kernel")' "$(dirname "$p")"; then kernel_projects+=("$p"); fi
+    if grep -rqs --include='*.cs' 'Trait("KernelLane", "2")' "$(dirname "$p")"; then lane2_projects+=("$p"); fi
 done < <(dotnet sln NbdPowerShell.sln list)
 
 section "PowerShell and Pester"
@@ -90,12 +93,17 @@ exit $st'
 cp -r "$root/out/NbdPowerShell" "$root/out/test-module"
 for p in "${kernel_projects[@]}"; do expected+=("$results/kernel-$(basename "$p" .csproj).trx"); done
 [ "${#pwsh[@]}" = 0 ] || expected+=("$results/pester-kernel.xml")
-kernel_env=(R="$results" PREFIX=kernel FILTER='Category=Kernel' NBD_KERNEL_TESTS=1
+for p in "${lane2_projects[@]}"; do expected+=("$results/kernel2-$(basename "$p" .csproj).trx"); done
+kernel_env=(R="$results" PREFIX=kernel FILTER='Category=Kernel&KernelLane!=2' NBD_KERNEL_TESTS=1
             NBD_TEST_MODULE="$root/out/test-module/NbdPowerShell.psd1" PWSH_COMMAND="$pwsh_command")
 [ "${#pwsh[@]}" != 0 ] || kernel_env+=(PWSH_COMMAND=)
+# The second lane: xunit only (Pester stays in the first).
+lane2_env=(R="$results" PREFIX=kernel2 FILTER='Category=Kernel&KernelLane=2' NBD_KERNEL_TESTS=1 PWSH_COMMAND=)
+lane2_run=()
 if [ "$(id -u)" = 0 ] && [ -e /sys/module/nbd ]; then
     kernel_where="here (root, nbd module loaded)"
     kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+    lane2_sequential=1
 elif [ -n "${NBD_VM_RUNNER:-}" ]; then
     kernel_where="inside $NBD_VM_RUNNER"
     # .NET runs 20-30x slower in the emulated guest. Its HOME may differ: dotnet gets a writable one, and pwsh
@@ -108,13 +116,30 @@ elif [ -n "${NBD_VM_RUNNER:-}" ]; then
     kernel_run=(env NBD_VM_BOOT_TIMEOUT="${NBD_VM_BOOT_TIMEOUT:-900}" NBD_VM_APPEND="${NBD_VM_APPEND:-no_timer_check}"
                 "$NBD_VM_RUNNER" --timeout 3600 -- env "${kernel_env[@]}" HANG= VSTEST_CONNECTION_TIMEOUT=900 HOME=/tmp DOTNET_CLI_HOME=/tmp
                 bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+    lane2_run=(env NBD_VM_BOOT_TIMEOUT="${NBD_VM_BOOT_TIMEOUT:-900}" NBD_VM_APPEND="${NBD_VM_APPEND:-no_timer_check}"
+               "$NBD_VM_RUNNER" --timeout 3600 -- env "${lane2_env[@]}" HANG= VSTEST_CONNECTION_TIMEOUT=900 HOME=/tmp DOTNET_CLI_HOME=/tmp
+               bash -c "$kernel_script" kernel2 "${lane2_projects[@]}")
 else
     kernel_where="on the host, where they skip: no nbd module here (or not root) and NBD_VM_RUNNER is not set"
     kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+    lane2_sequential=1
+fi
+if [ "${lane2_sequential:-0}" = 1 ] && [ "${#lane2_projects[@]}" != 0 ]; then
+    lane2_run=(env "${lane2_env[@]}" HANG=10m bash -c "$kernel_script" kernel2 "${lane2_projects[@]}")
 fi
 section "kernel tests (xunit and Pester) started in the background, $kernel_where"
-"${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
-kernel_pid=$!
+if [ "${#lane2_run[@]}" = 0 ]; then
+    "${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
+    kernel_pid=$!
+elif [ "${lane2_sequential:-0}" = 1 ]; then
+    { "${kernel_run[@]}" >"$results/kernel.log" 2>&1; a=$?; "${lane2_run[@]}" >"$results/kernel2.log" 2>&1 || a=1; exit $a; } &
+    kernel_pid=$!
+else
+    "${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
+    kernel_pid=$!
+    "${lane2_run[@]}" >"$results/kernel2.log" 2>&1 &
+    lane2_pid=$!
+fi
 
 section "engine and contract tests (xunit)"
 for p in "${test_projects[@]}"; do expected+=("$results/unit-$(basename "$p" .csproj).trx"); done
@@ -134,8 +159,13 @@ section "kernel tests (xunit and Pester), $kernel_where"
 wait "$kernel_pid"
 kernel_status=$?
 kernel_pid=
+if [ -n "$lane2_pid" ]; then
+    wait "$lane2_pid" || kernel_status=1
+    lane2_pid=
+fi
 grep -E "$console_lines" "$results/kernel.log"
-[ "$kernel_status" = 0 ] || { echo "kernel part exited with $kernel_status: see $results/kernel.log"; runner_errors=$((runner_errors + 1)); }
+[ ! -e "$results/kernel2.log" ] || grep -E "$console_lines" "$results/kernel2.log"
+[ "$kernel_status" = 0 ] || { echo "kernel part exited with $kernel_status: see $results/kernel.log and kernel2.log"; runner_errors=$((runner_errors + 1)); }
 
 section "results (counted from the result files)"
 if ! counts=$(dotnet "$summary_dll" "${expected[@]}"); then

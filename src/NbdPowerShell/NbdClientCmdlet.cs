@@ -64,5 +64,26 @@ public abstract class NbdClientCmdlet : NbdCmdlet
         };
     }
 
+    /// <summary>
+    /// Parses -Uri values (nbd://, nbds://, nbd+unix://, nbds+unix://); TLS parameters turn TLS on for each. Writes one
+    /// NbdUriInvalid error per bad value and returns false when any was bad, so nothing runs on a partial list.
+    /// </summary>
+    protected bool TryParseUris(IEnumerable<string> texts, out List<NbdUri> uris)
+    {
+        uris = new List<NbdUri>();
+        bool ok = true;
+        foreach (var text in texts)
+        {
+            if (NbdUri.TryParse(text, out var uri, out var error))
+                uris.Add(WantsTls ? uri.WithTls(true) : uri);
+            else
+            {
+                WriteNbdError(ErrorIds.UriInvalid, $"'{text}' is not an NBD URI: {error}", text);
+                ok = false;
+            }
+        }
+        return ok;
+    }
+
     private string Resolve(string path) => SessionState.Path.GetUnresolvedProviderPathFromPSPath(path);
 }

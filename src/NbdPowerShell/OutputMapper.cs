@@ -3,6 +3,7 @@ using NbdPowerShell.Engine.Fuse;
 using NbdPowerShell.Engine.Hosting;
 using NbdPowerShell.Engine.Hosting.Devices;
 using NbdPowerShell.Engine.Kernel;
+using NbdPowerShell.Engine.Kernel.Supervision;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Service;
 using NbdPowerShell.Engine.Service.Messages;
@@ -122,6 +123,10 @@ internal static class OutputMapper
             Mode = info?.Mode?.ToString(),
             Counters = owner?.Counters ?? new Dictionary<string, long>(),
             History = owner?.History.Select(e => new NbdSessionEvent(e.Time, e.Event, e.Message)).ToArray() ?? [],
+            // Only supervised devices: a FUSE device counts its own NBD reconnects under the same name, shown in Counters.
+            ReconnectCount = owner?.Kind == SupervisedDeviceKind.KindName && owner.Counters.TryGetValue("Reconnects", out long reconnects) ? (int)reconnects : null,
+            LastLossTime = owner?.LastLossTime,
+            LastLossReason = owner?.LastLossReason,
         };
     }
 

@@ -152,6 +152,15 @@ public sealed record NbdSession
     /// <summary>What happened to the device, oldest first, as its owner recorded it.</summary>
     public NbdSessionEvent[] History { get; init; } = [];
     /// <summary>
+    /// Supervised devices (Connect-NbdDevice -Persistent, several -Uri): connection losses healed so far; null for a
+    /// device nobody supervises. State is then Connected, Reconnecting or Dead.
+    /// </summary>
+    public int? ReconnectCount { get; init; }
+    /// <summary>Supervised devices: when the device last lost its server.</summary>
+    public DateTimeOffset? LastLossTime { get; init; }
+    /// <summary>Supervised devices: why it lost it (server closed or reset the connection, a request timed out, ...).</summary>
+    public string? LastLossReason { get; init; }
+    /// <summary>
     /// From Connect-NbdDevice and Disconnect-NbdDevice: true when the command attached or detached a device, false
     /// when the export was already attached and the existing session was returned (Ansible's "changed").
     /// </summary>

@@ -45,7 +45,9 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         { "Find-NbdExport", "ComputerName", "ComputerName", "String", true, 0, false, true, "Server,CN" },
         { "Find-NbdExport", "Port", "ComputerName", "Int32", false, 1, false, true, "" },
         { "Find-NbdExport", "SocketPath", "SocketPath", "String", true, -1, false, true, "" },
-        { "Connect-NbdDevice", "ComputerName", "ComputerName", "String", true, 0, false, true, "Server,CN" },
+        { "Find-NbdExport", "Uri", "Uri", "String[]", true, -1, false, true, "" },
+        { "Connect-NbdDevice", "Uri", "Uri", "String[]", true, -1, false, true, "" },
+        { "Connect-NbdDevice", "ComputerName", "ComputerName", "String[]", true, 0, false, true, "Server,CN" },
         { "Connect-NbdDevice", "Port", "ComputerName", "Int32", false, -1, false, true, "" },
         { "Connect-NbdDevice", "ExportName", "ComputerName", "String", false, 1, false, true, "Name" },
         { "Connect-NbdDevice", "ExportName", "SocketPath", "String", false, 1, false, true, "Name" },
@@ -195,6 +197,12 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
     [InlineData("NbdRemoteExport", "Connect-NbdDevice", "ComputerName")]
     [InlineData("NbdRemoteExport", "Connect-NbdDevice", "Port")]
     [InlineData("NbdRemoteExport", "Connect-NbdDevice", "Name")]
+    [InlineData("NbdRemoteExport", "Connect-NbdDevice", "Uri")]
+    [InlineData("NbdExport", "Connect-NbdDevice", "Uri")]
+    [InlineData("NbdSession", "Connect-NbdDevice", "Uri")]
+    [InlineData("NbdRemoteExport", "Find-NbdExport", "Uri")]
+    [InlineData("NbdExport", "Find-NbdExport", "Uri")]
+    [InlineData("NbdSession", "Find-NbdExport", "Uri")]
     [InlineData("NbdDevice", "Get-NbdSession", "Device")]
     [InlineData("NbdExport", "Stop-NbdExport", "Scope")]
     [InlineData("NbdExport", "Get-NbdExport", "Scope")]
@@ -213,7 +221,7 @@ public sealed class ContractTests : IClassFixture<BuiltModuleFixture>
         {
             ["NbdExport"] = ["Name", "Description", "Path", "Size", "IsReadOnly", "ListenAddress", "Port", "SocketPath", "Listeners", "State", "ClientCount", "Uri", "TlsMode", "IsTlsOnly", "CertificateThumbprint", "Scope", "IsPersistent", "Changed"],
             ["NbdRemoteExport"] = ["ComputerName", "Port", "SocketPath", "Name", "Description", "Size", "IsReadOnly", "CanMultiConnection", "IsTls", "Uri"],
-            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "Changed", "Driver", "BackingFile", "Counters"],
+            ["NbdSession"] = ["Device", "Index", "ComputerName", "Port", "ExportName", "Uri", "Size", "BlockSize", "IsReadOnly", "IsConnected", "Connections", "Timeout", "MountPoints", "BackendIdentifier", "IsTls", "IsTlsRelayed", "Transport", "State", "Scope", "OwnerProcessId", "IsPersistent", "History", "ActiveUri", "ReconnectCount", "LastLossTime", "LastLossReason", "Changed", "Driver", "BackingFile", "Counters"],
             ["NbdService"] = ["IsRunning", "ProcessId", "Version", "StartTime", "Uptime", "ControlSocket", "ConfigurationPath", "LogPath", "ExportCount", "DeviceCount", "IsInstalled", "Problems", "CleanedUp", "Changed"],
             ["NbdDevice"] = ["Device", "Index", "State", "IsConnected", "Size"],
             ["NbdCopyResult"] = ["Source", "Destination", "Size", "BytesRead", "BytesWritten", "BytesSkipped", "Duration", "BytesPerSecond", "IsVerified"],

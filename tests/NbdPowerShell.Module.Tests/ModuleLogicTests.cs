@@ -186,6 +186,23 @@ public sealed class OutputMapperTests
     }
 
     [Fact]
+    public void SupervisedDevicesShowStateServerReconnectsAndLastLoss()
+    {
+        var lost = DateTimeOffset.Now.AddMinutes(-3);
+        var owner = new DeviceStatus
+        {
+            Id = "sup", Kind = "supervised", Device = "/dev/nbd2", Index = 2, State = "Reconnecting", Uri = "nbd://a/img", ActiveUri = "nbd://b/img",
+            Scope = HostScope.Service, ProcessId = 4242, IsPersistent = true, Message = "lost its server",
+            Counters = new Dictionary<string, long> { ["Reconnects"] = 2, ["Failovers"] = 1 },
+            LastLossTime = lost, LastLossReason = "the server closed the connection",
+        };
+        var s = OutputMapper.ToSession(null, owner);
+        Assert.Equal(("Reconnecting", "nbd://b/img", "nbd://a/img", 2), (s.State, s.ActiveUri, s.Uri, s.ReconnectCount!.Value));
+        Assert.Equal((lost, "the server closed the connection", "lost its server"), (s.LastLossTime!.Value, s.LastLossReason, s.StatusMessage));
+        Assert.Null(OutputMapper.ToSession(null, owner with { Kind = "kernel", Counters = new Dictionary<string, long>() }).ReconnectCount);
+    }
+
+    [Fact]
     public void FuseDevicesAreSessionsWithDriverFuseTheirFileAndStatistics()
     {
         var owner = new DeviceStatus

@@ -43,6 +43,8 @@ public static class ErrorIds
     public const string StorageError = "NbdStorageError";
     public const string KernelError = "NbdKernelError";
     public const string InvalidArgument = "NbdInvalidArgument";
+    /// <summary>A -Uri that is not an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://).</summary>
+    public const string UriInvalid = "NbdUriInvalid";
     public const string ServerStopped = "NbdServerStopped";
     public const string ServiceUnavailable = "NbdServiceUnavailable";
     public const string IOError = "NbdIOError";
@@ -58,7 +60,7 @@ public static class ErrorIds
         ExportNotFound, ExportAlreadyExists, ExportBusy, AddressInUse, DeviceNotFound, DeviceBusy, DeviceMounted,
         PermissionDenied, KernelModuleMissing, FuseUnavailable, LoopUnavailable, FuseError, PlatformNotSupported, HandshakeFailed, ExportNameUnknown,
         ConnectionFailed, Timeout, TlsRequired, TlsNotSupported, TlsHandshakeFailed, CertificateInvalid, MultiConnNotSupported,
-        PathNotFound, StorageError, KernelError, InvalidArgument, ServerStopped, ServiceUnavailable, IOError, UnexpectedError,
+        PathNotFound, StorageError, KernelError, InvalidArgument, UriInvalid, ServerStopped, ServiceUnavailable, IOError, UnexpectedError,
         DestinationExists, DestinationReadOnly, DestinationTooSmall, DiskReadFailed, DiskWriteFailed,
     ];
 

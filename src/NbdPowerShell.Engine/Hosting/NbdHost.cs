@@ -37,6 +37,7 @@ public sealed class NbdHost : INbdHost
         _server = new NbdServer(_options, _serverLog);
         Devices = new DeviceRegistry(this, loggers.CreateLogger(LogCategories.Devices));
         Devices.AddKind(new KernelDeviceKind());
+        Devices.AddKind(new Kernel.Supervision.SupervisedDeviceKind());
     }
 
     public HostScope Scope { get; }

@@ -8,9 +8,10 @@ internal static partial class Libc
     public const int EBUSY = 16;
     public const int ENOSPC = 28;
 
-
     public const int F_GETFL = 3;
     public const int F_SETFL = 4;
+    /// <summary>Duplicates a descriptor with close-on-exec set, so children (dd, servers) never inherit it.</summary>
+    public const int F_DUPFD_CLOEXEC = 1030;
     public const int O_NONBLOCK = 0x800;
 
     /// <summary>_IO(0x12, 93): set a block device read-only (int* argument).</summary>

@@ -7,7 +7,6 @@ namespace NbdPowerShell.Engine.Interop;
 internal static partial class Libc
 {
     public const int O_DIRECTORY = 0x10000; // 0200000
-    private const int SOL_SOCKET = 1;
     private const int SO_PEERCRED = 17;
 
     [StructLayout(LayoutKind.Sequential)]

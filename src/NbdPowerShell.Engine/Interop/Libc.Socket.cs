@@ -9,6 +9,10 @@ internal static partial class Libc
     /// <summary>More data follows: the kernel holds a partial segment back instead of sending a small packet.</summary>
     public const int MSG_MORE = 0x8000;
     public const short POLLOUT = 0x004;
+    public const short POLLERR = 0x008;
+    public const int SOL_SOCKET = 1;
+    /// <summary>SO_SNDTIMEO as x86_64 and arm64 define it (asm-generic; struct timeval of two longs).</summary>
+    public const int SO_SNDTIMEO = 21;
     /// <summary>Most iovecs one sendmsg takes (UIO_MAXIOV).</summary>
     public const int IOV_MAX = 1024;
 

@@ -22,6 +22,9 @@ internal sealed class GenericNetlinkSocket : IDisposable
     public const byte CTRL_CMD_GETFAMILY = 3;
     public const ushort CTRL_ATTR_FAMILY_ID = 1;
     public const ushort CTRL_ATTR_FAMILY_NAME = 2;
+    public const ushort CTRL_ATTR_MCAST_GROUPS = 7;
+    public const ushort CTRL_ATTR_MCAST_GRP_NAME = 1;
+    public const ushort CTRL_ATTR_MCAST_GRP_ID = 2;
 
     private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
     private int _fd;
@@ -46,19 +49,95 @@ internal sealed class GenericNetlinkSocket : IDisposable
     public uint NextSequence() => unchecked(++_sequence);
 
     /// <summary>Resolves a generic netlink family name to its id, or null when no such family is registered.</summary>
-    public ushort? ResolveFamily(string name)
+    public ushort? ResolveFamily(string name) => DescribeFamily(name)?.Id;
+
+    /// <summary>The id and multicast groups (name → group id) of a family, or null when no such family is registered.</summary>
+    public (ushort Id, IReadOnlyDictionary<string, uint> Groups)? DescribeFamily(string name)
     {
         uint seq = NextSequence();
         var request = new NetlinkMessageBuilder(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, seq, CTRL_CMD_GETFAMILY, 1)
             .String(CTRL_ATTR_FAMILY_NAME, name).ToArray();
-        try
-        {
-            foreach (var payload in Transact(request, seq))
-                foreach (var attr in NetlinkAttribute.Parse(payload.AsSpan(NetlinkMessageBuilder.GenlHeaderSize)))
-                    if (attr.Type == CTRL_ATTR_FAMILY_ID) return attr.GetU16();
-        }
+        List<byte[]> replies;
+        try { replies = Transact(request, seq); }
         catch (NetlinkException e) when (e.Errno == Libc.ENOENT) { return null; }
-        return null;
+        return ParseFamily(replies);
+    }
+
+    /// <summary>Reads CTRL_ATTR_FAMILY_ID and CTRL_ATTR_MCAST_GROUPS → item* → {GRP_NAME, GRP_ID} from GETFAMILY replies.</summary>
+    public static (ushort Id, IReadOnlyDictionary<string, uint> Groups)? ParseFamily(IEnumerable<byte[]> payloads)
+    {
+        ushort? id = null;
+        var groups = new Dictionary<string, uint>(StringComparer.Ordinal);
+        foreach (var payload in payloads)
+            foreach (var attr in NetlinkAttribute.Parse(payload.AsSpan(NetlinkMessageBuilder.GenlHeaderSize)))
+            {
+                if (attr.Type == CTRL_ATTR_FAMILY_ID) id = attr.GetU16();
+                else if (attr.Type == CTRL_ATTR_MCAST_GROUPS)
+                    foreach (var item in attr.GetNested())
+                    {
+                        string? groupName = null;
+                        uint? groupId = null;
+                        foreach (var field in item.GetNested())
+                        {
+                            if (field.Type == CTRL_ATTR_MCAST_GRP_NAME) groupName = field.GetString();
+                            else if (field.Type == CTRL_ATTR_MCAST_GRP_ID) groupId = field.GetU32();
+                        }
+                        if (groupName is not null && groupId is uint g) groups[groupName] = g;
+                    }
+            }
+        return id is ushort found ? (found, groups) : null;
+    }
+
+    /// <summary>Subscribes this socket to a multicast group (NETLINK_ADD_MEMBERSHIP).</summary>
+    public unsafe void JoinGroup(uint group)
+    {
+        ObjectDisposedException.ThrowIf(_fd < 0, this);
+        if (Libc.SetSockOpt(_fd, Libc.SOL_NETLINK, Libc.NETLINK_ADD_MEMBERSHIP, &group, sizeof(uint)) < 0)
+            throw new NetlinkException(Libc.LastErrno, "setsockopt(NETLINK_ADD_MEMBERSHIP)");
+    }
+
+    /// <summary>
+    /// Waits up to <paramref name="timeout"/> for unsolicited messages (multicast notifications) and returns their
+    /// type and payload (genlmsghdr + attributes). <c>Overrun</c> is true when the kernel dropped messages because the
+    /// receive buffer was full (ENOBUFS): the caller must assume it missed some.
+    /// </summary>
+    public unsafe (List<(ushort Type, byte[] Payload)> Messages, bool Overrun) ReceiveNotifications(TimeSpan timeout, byte[] buffer)
+    {
+        ObjectDisposedException.ThrowIf(_fd < 0, this);
+        var messages = new List<(ushort, byte[])>();
+        var pfd = new Libc.PollFd { Fd = _fd, Events = Libc.POLLIN };
+        int ready = Libc.Poll(&pfd, 1, (int)Math.Clamp(timeout.TotalMilliseconds, 0, int.MaxValue));
+        if (ready < 0 && Libc.LastErrno == Libc.EINTR) return (messages, false);
+        if (ready < 0) throw new NetlinkException(Libc.LastErrno, "poll(netlink)");
+        if (ready == 0) return (messages, false);
+        nint got;
+        fixed (byte* p = buffer) got = Libc.Recv(_fd, p, (nuint)buffer.Length, 0);
+        if (got < 0)
+        {
+            int errno = Libc.LastErrno;
+            if (errno == Libc.ENOBUFS) return (messages, true);
+            if (errno is Libc.EINTR or Libc.EAGAIN) return (messages, false);
+            throw new NetlinkException(errno, "recv(netlink)");
+        }
+        messages.AddRange(SplitMessages(buffer.AsSpan(0, (int)got)));
+        return (messages, false);
+    }
+
+    /// <summary>Splits a datagram into its netlink messages: (nlmsg_type, body after the 16-byte nlmsghdr).</summary>
+    public static List<(ushort Type, byte[] Payload)> SplitMessages(ReadOnlySpan<byte> datagram)
+    {
+        var result = new List<(ushort, byte[])>();
+        int offset = 0;
+        while (offset + NetlinkMessageBuilder.HeaderSize <= datagram.Length)
+        {
+            var span = datagram[offset..];
+            int length = (int)BinaryPrimitives.ReadUInt32LittleEndian(span);
+            ushort type = BinaryPrimitives.ReadUInt16LittleEndian(span[4..]);
+            if (length < NetlinkMessageBuilder.HeaderSize || length > span.Length) break;
+            result.Add((type, span[NetlinkMessageBuilder.HeaderSize..length].ToArray()));
+            offset += NetlinkMessageBuilder.Align(length);
+        }
+        return result;
     }
 
     /// <summary>

@@ -51,14 +51,8 @@ public sealed class KernelAttacher
         {
             foreach (var c in connections)
             {
-                if (!c.IsTls)
-                {
-                    sockets.Add(c.DetachSocket());
-                    continue;
-                }
-                var (socket, stream) = c.DetachTransport();
-                var (kernelEnd, relay) = TlsRelay.Start(socket, stream, c.Uri.ToString(), _logger);
-                relays.Add(relay);
+                var (kernelEnd, relay) = HandOver(c, _logger);
+                if (relay is not null) relays.Add(relay);
                 sockets.Add(kernelEnd);
             }
         }
@@ -275,8 +269,19 @@ public sealed class KernelAttacher
         catch (NetlinkException) { return null; }
     }
 
+    /// <summary>
+    /// Takes the transport out of a negotiated connection and returns the socket to give the kernel: the connection's
+    /// own socket, or for TLS one end of a socketpair whose other end a new <see cref="TlsRelay"/> pumps to the server.
+    /// </summary>
+    internal static (Socket KernelEnd, TlsRelay? Relay) HandOver(NbdNegotiatedConnection connection, ILogger logger)
+    {
+        if (!connection.IsTls) return (connection.DetachSocket(), null);
+        var (socket, stream) = connection.DetachTransport();
+        return TlsRelay.Start(socket, stream, connection.Uri.ToString(), logger);
+    }
+
     /// <summary>.NET leaves sockets non-blocking after async I/O; the kernel expects the blocking sockets nbd-client gives it.</summary>
-    private static void MakeBlocking(Socket socket) => Libc.SetBlocking(socket);
+    internal static void MakeBlocking(Socket socket) => Libc.SetBlocking(socket);
 
     private void UndoAttach(int index, AttachMode mode, IoctlSession? session)
     {

@@ -15,10 +15,16 @@ public sealed class KernelDeviceKind : IDeviceKind
 {
     public const string KindName = "kernel";
 
+    private readonly Supervision.SupervisedDeviceKind _supervised = new();
+
     public string Name => KindName;
 
     public async Task<IManagedDevice> AttachAsync(DeviceRequest request, DeviceContext context, CancellationToken cancellationToken)
     {
+        // Persistent service devices and failover lists are supervised (reconnect after server loss); their record
+        // says "supervised", so the service adopts them through that kind.
+        if (Supervision.SupervisedDeviceKind.Wants(request, context.Scope))
+            return await _supervised.AttachAsync(request, context, cancellationToken).ConfigureAwait(false);
         var settings = KernelDeviceSettings.From(request);
         var (result, uri) = await AttachAsync(settings, request.Index, context, cancellationToken).ConfigureAwait(false);
         var record = new DeviceRecord { Kind = KindName, Id = Guid.NewGuid().ToString("N")[..12], Device = result.Device, Settings = default };

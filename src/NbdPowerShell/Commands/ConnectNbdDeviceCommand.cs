@@ -21,11 +21,16 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     private const string ComputerNameSet = "ComputerName";
     private const string SocketPathSet = "SocketPath";
     private const string InputObjectSet = "InputObject";
+    private const string UriSet = "Uri";
 
+    /// <summary>
+    /// The server. Several hosts that share one -Port and export name are failover servers of one read-only image,
+    /// tried in order, like several -Uri.
+    /// </summary>
     [Parameter(ParameterSetName = ComputerNameSet, Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
     [Alias("Server", "CN")]
     [ValidateNotNullOrEmpty]
-    public string ComputerName { get; set; } = "";
+    public string[] ComputerName { get; set; } = [];
 
     [Parameter(ParameterSetName = ComputerNameSet, ValueFromPipelineByPropertyName = true)]
     [ValidateRange(1, 65535)]
@@ -41,6 +46,14 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     [Parameter(ParameterSetName = SocketPathSet, Mandatory = true, ValueFromPipelineByPropertyName = true)]
     [ValidateNotNullOrEmpty]
     public string SocketPath { get; set; } = "";
+
+    /// <summary>
+    /// NBD URIs of the export (nbd://host:port/export, nbds://..., nbd+unix:///export?socket=path). Several are
+    /// failover servers of one read-only image; the NbdPowerShell service supervises such a device.
+    /// </summary>
+    [Parameter(ParameterSetName = UriSet, Mandatory = true, ValueFromPipelineByPropertyName = true)]
+    [ValidateNotNullOrEmpty]
+    public string[] Uri { get; set; } = [];
 
     /// <summary>An NbdExport (attached in-process through a socket pair) or an NbdRemoteExport.</summary>
     [Parameter(ParameterSetName = InputObjectSet, Mandatory = true, ValueFromPipeline = true)]
@@ -103,9 +116,15 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         }
 
         NbdUri uri;
+        List<NbdUri>? servers = null;
         (string Name, HostScope Scope)? local = null;
         switch (ParameterSetName)
         {
+            case UriSet:
+                if (!TryParseUris(Uri, out servers) || !FailoverIsReadOnly(servers, "-Uri", Uri))
+                    return;
+                uri = servers[0];
+                break;
             case SocketPathSet:
                 uri = NbdUri.ForUnix(SessionState.Path.GetUnresolvedProviderPathFromPSPath(SocketPath), ExportName, WantsTls);
                 break;
@@ -116,7 +135,12 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
                     uri = uri.WithTls(true);
                 break;
             default:
-                uri = NbdUri.ForTcp(ComputerName, Port, ExportName, WantsTls);
+                servers = ComputerName.Select(host => NbdUri.ForTcp(host, Port, ExportName, WantsTls)).ToList();
+                if (!FailoverIsReadOnly(servers, "-ComputerName", ComputerName))
+                    return;
+                uri = servers[0];
+                if (servers.Count == 1)
+                    servers = null;
                 break;
         }
         if (local is { Scope: HostScope.Process } && Persistent)
@@ -138,10 +162,18 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
             return;
         }
         bool fuse = kind == FuseDeviceKind.KindName;
+        if (fuse && servers is { Count: > 1 })
+        {
+            // Failover swaps the kernel's sockets (netlink RECONFIGURE); a FUSE device has none to swap.
+            WriteNbdError(ErrorIds.InvalidArgument,
+                "Several servers (failover) need the nbd driver, which this machine does not have or -Driver Fuse excluded; give one -Uri or -ComputerName for a FUSE device.", servers.Select(u => u.ToString()).ToArray());
+            return;
+        }
         if (fuse && local is { Scope: HostScope.Process })
             WriteWarning($"Export '{local.Value.Name}' is served by this PowerShell process: the FUSE device reaches it at {uri} and fails once this process exits or stops the export.");
-        // The service owns what must outlive this pwsh: persistent devices, TLS relays, devices of its own exports, and FUSE servers.
-        var owner = fuse ? HostScope.Service : local?.Scope ?? (Persistent || uri.Tls ? HostScope.Service : HostScope.Process);
+        // The service owns what must outlive this pwsh: persistent devices (supervised), failover lists, TLS relays,
+        // devices of its own exports, and FUSE servers.
+        var owner = fuse ? HostScope.Service : local?.Scope ?? (Persistent || uri.Tls || servers is { Count: > 1 } ? HostScope.Service : HostScope.Process);
 
         if (!NewDevice && FindAttached(uri, index) is { } existing)
         {
@@ -151,7 +183,8 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
         }
 
         string by = owner == HostScope.Service ? " (owned by the NbdPowerShell service)" : local is not null ? " (served by this process)" : "";
-        string target = $"{uri}{by} as {(index is int i ? $"/dev/nbd{i}" : fuse ? "the first free loop device (through FUSE)" : "the first free nbd device")}";
+        string what = servers is { Count: > 1 } ? $"{uri} (failover: {string.Join(", ", servers.Skip(1))})" : uri.ToString();
+        string target = $"{what}{by} as {(index is int i ? $"/dev/nbd{i}" : fuse ? "the first free loop device (through FUSE)" : "the first free nbd device")}";
         if (!ShouldProcess(target, Persistent ? "Connect persistent NBD device" : "Connect NBD device"))
             return;
 
@@ -160,7 +193,7 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
             var request = new DeviceRequest
             {
                 Kind = kind,
-                Uris = [uri.ToString()],
+                Uris = servers?.Select(u => u.ToString()).ToArray() ?? [uri.ToString()],
                 // The FUSE server is a normal NBD client of the export's listener, not of a socket pair.
                 LocalExport = fuse ? null : local?.Name,
                 Tls = local is null ? BuildTlsSpec() : null,
@@ -189,6 +222,19 @@ public sealed class ConnectNbdDeviceCommand : NbdClientCmdlet
     }
 
     /// <summary>A connected device of the same export (server, port or socket, export name), on <paramref name="index"/> when given.</summary>
+    /// <summary>
+    /// Several servers are failover targets of one read-only image; a writable device must stay on the server that
+    /// acknowledged its writes, so several servers without -ReadOnly are refused.
+    /// </summary>
+    private bool FailoverIsReadOnly(List<NbdUri> servers, string parameter, string[] values)
+    {
+        if (servers.Count <= 1 || ReadOnly)
+            return true;
+        WriteNbdError(ErrorIds.InvalidArgument,
+            $"Several {parameter} values are failover servers of one read-only image: add -ReadOnly. A writable device reconnects only to the server it was attached to (writes acknowledged by one server are not on another).", values);
+        return false;
+    }
+
     private NbdSession? FindAttached(NbdUri uri, int? index) =>
         AllSessions()?.FirstOrDefault(s => s.IsConnected && s.State == "Connected" && (index is null || (s.Index == index && s.Driver == "Nbd"))
             && (Driver == DeviceDriver.Auto || s.Driver == Driver.ToString())

@@ -42,7 +42,10 @@ public sealed class StopNbdServiceCommand : NbdCmdlet
             if (!ShouldProcess(target, "Stop"))
                 return;
             foreach (var d in broken)
-                WriteWarning($"{d.Device} reaches {d.Uri} through a {d.Transport!.ToLowerInvariant()} in the service; its I/O fails until it is disconnected and connected again.");
+                WriteWarning(d.Kind == Engine.Kernel.Supervision.SupervisedDeviceKind.KindName
+                    // A supervised device is reconnected by the next service, as long as it starts within the dead-connection timeout.
+                    ? $"{d.Device} reaches {d.Uri} through a {d.Transport!.ToLowerInvariant()} in the service; its I/O waits until the service is started again and reconnects it, and fails with EIO after {d.Counters.GetValueOrDefault("DeadConnectionTimeoutSeconds")} s."
+                    : $"{d.Device} reaches {d.Uri} through a {d.Transport!.ToLowerInvariant()} in the service; its I/O fails until it is disconnected and connected again.");
             if (status.IsSystemdManaged && SystemdUnit.IsSystemdRunning)
                 SystemdUnit.Systemctl("stop", SystemdUnit.UnitName);
             else

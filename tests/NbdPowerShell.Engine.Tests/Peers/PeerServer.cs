@@ -15,14 +15,19 @@ namespace NbdPowerShell.Engine.Tests.Peers;
 /// </summary>
 public sealed class PeerServer : IDisposable
 {
-    private readonly Process _process;
+    private Process _process;
     private readonly List<string> _cleanup = new();
     private string? _daemonPidFile;
+    private string _binary = "";
+    private string[] _args = [];
 
     public NbdUri Uri { get; }
     public int Port => Uri.Port;
     public string Name { get; }
     public int ProcessId => _process.Id;
+
+    /// <summary>Process start of the newest <see cref="Restart"/> and the moment it accepted connections again.</summary>
+    public (DateTime Started, DateTime Accepting)? LastRestart { get; private set; }
 
     private PeerServer(Process process, NbdUri uri, string name, IEnumerable<string> cleanup)
     {
@@ -60,6 +65,14 @@ public sealed class PeerServer : IDisposable
         int port = FreePort();
         var uri = NbdUri.ForTcp(address, port);
         return Start("nbdkit", ["-v", "-f", "-p", port.ToString(), "-i", address, .. pluginArgs], uri, []);
+    }
+
+    /// <summary>nbdkit's file plugin on loopback TCP without -v (its per-request logging slows reads under emulation).</summary>
+    public static PeerServer NbdkitFile(string image, bool readOnly)
+    {
+        int port = FreePort();
+        string[] args = readOnly ? ["-f", "-p", port.ToString(), "-i", "127.0.0.1", "-r", "file", image] : ["-f", "-p", port.ToString(), "-i", "127.0.0.1", "file", image];
+        return Start("nbdkit", args, NbdUri.ForTcp("127.0.0.1", port), []);
     }
 
     public static PeerServer NbdkitUnix(params string[] pluginArgs) => NbdkitUnixAt(TempPath(".sock"), pluginArgs);
@@ -111,35 +124,82 @@ public sealed class PeerServer : IDisposable
         return Start("nbd-server", ["-C", confPath, "-p", pidFile], NbdUri.ForTcp("127.0.0.1", port), files, pidFile);
     }
 
+    /// <summary>nbd-server (daemon) serving an existing file as export <paramref name="name"/>; the file is not deleted at the end.</summary>
+    public static PeerServer NbdServerFile(string name, string path, bool readOnly)
+    {
+        int port = FreePort();
+        var conf = new System.Text.StringBuilder();
+        conf.AppendLine("[generic]").AppendLine($"port = {port}").AppendLine("listenaddr = 127.0.0.1").AppendLine("allowlist = true")
+            .AppendLine("user = root").AppendLine("group = root");
+        conf.AppendLine($"[{name}]").AppendLine($"exportname = {path}").AppendLine($"readonly = {(readOnly ? "true" : "false")}");
+        string confPath = TempPath(".conf");
+        File.WriteAllText(confPath, conf.ToString());
+        string pidFile = TempPath(".pid");
+        return Start("nbd-server", ["-C", confPath, "-p", pidFile], NbdUri.ForTcp("127.0.0.1", port, name), [confPath, pidFile], pidFile);
+    }
+
     private static PeerServer Start(string binary, string[] args, NbdUri uri, IEnumerable<string> cleanup, string? daemonPidFile = null)
     {
         var psi = new ProcessStartInfo(RequireBinary(binary)) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var a in args) psi.ArgumentList.Add(a);
+        var (process, stderr) = Launch(psi, binary);
+        var server = new PeerServer(process, uri, binary, cleanup) { _daemonPidFile = daemonPidFile, _binary = binary, _args = args };
+        try { server.WaitUntilAccepting(stderr); }
+        catch
+        {
+            server.Dispose();
+            throw;
+        }
+        return server;
+    }
+
+    private static (Process Process, System.Text.StringBuilder Stderr) Launch(ProcessStartInfo psi, string binary)
+    {
         var process = Launcher.Start(psi);
         var stderr = new System.Text.StringBuilder();
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (stderr) { stderr.AppendLine(e.Data); if (Environment.GetEnvironmentVariable("NBDPS_PEER_LOG") is { } log) File.AppendAllText(log, $"{binary}[{process.Id}]: {e.Data}\n"); } };
         process.OutputDataReceived += (_, _) => { };
+        // How a peer ended (exit code or signal) belongs beside its stderr when a restart test finds its port closed.
+        process.EnableRaisingEvents = true;
+        process.Exited += (_, _) =>
+        {
+            if (Environment.GetEnvironmentVariable("NBDPS_PEER_LOG") is { } log)
+                lock (stderr) File.AppendAllText(log, $"{binary}[{process.Id}]: exited with {process.ExitCode} at {DateTime.UtcNow:HH:mm:ss.fff}\n");
+        };
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
-        var server = new PeerServer(process, uri, binary, cleanup) { _daemonPidFile = daemonPidFile };
+        return (process, stderr);
+    }
+
+    private void WaitUntilAccepting(System.Text.StringBuilder stderr)
+    {
         // Slow machines (the test VM) need a generous bound.
         var clock = Stopwatch.StartNew();
-        while (!server.Accepts())
+        while (!Accepts())
         {
-            if (process.HasExited && (daemonPidFile is null || process.ExitCode != 0))
-            {
-                int code = process.ExitCode;
-                server.Dispose();
-                Assert.Fail($"{binary} {string.Join(' ', args)} exited with {code}: {stderr}");
-            }
+            if (_process.HasExited && (_daemonPidFile is null || _process.ExitCode != 0))
+                Assert.Fail($"{_binary} {string.Join(' ', _args)} exited with {_process.ExitCode}: {stderr}");
             if (clock.Elapsed > TimeSpan.FromSeconds(60))
-            {
-                server.Dispose();
-                Assert.Fail($"{binary} did not start listening within 60 s: {stderr}");
-            }
-            Thread.Sleep(50);
+                Assert.Fail($"{_binary} did not start listening within 60 s: {stderr}");
+            Thread.Sleep(20);
         }
-        return server;
+    }
+
+    /// <summary>
+    /// Starts the server again with the same arguments (same port, same files) after <see cref="Kill"/>, and waits
+    /// until it accepts connections.
+    /// </summary>
+    public void Restart()
+    {
+        Kill();
+        _process.Dispose();
+        if (_daemonPidFile is not null) File.Delete(_daemonPidFile);
+        var psi = new ProcessStartInfo(RequireBinary(_binary)) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in _args) psi.ArgumentList.Add(a);
+        var started = DateTime.UtcNow;
+        (_process, var stderr) = Launch(psi, _binary);
+        WaitUntilAccepting(stderr);
+        LastRestart = (started, DateTime.UtcNow);
     }
 
     private bool Accepts()

@@ -30,6 +30,10 @@ public sealed record DeviceStatus
     public IReadOnlyList<DeviceEvent> History { get; init; } = [];
     /// <summary>Why it is not Connected, in words an admin can act on.</summary>
     public string? Message { get; init; }
+    /// <summary>When a supervised device last lost a connection to its server.</summary>
+    public DateTimeOffset? LastLossTime { get; init; }
+    /// <summary>Why it lost it (server closed or reset the connection, a request timed out, ...).</summary>
+    public string? LastLossReason { get; init; }
     /// <summary>Size, block size and mode as the owner sees them; null when the kernel's view is authoritative (nbd devices are read from sysfs).</summary>
     public long? Size { get; init; }
     public int? BlockSize { get; init; }
