@@ -95,7 +95,8 @@ public class SteadyStateAllocationTests
         int workers = new NbdServerOptions().WorkerThreads;
         for (int round = 0; round < 3; round++)
             Burst(4 * workers);
-        Run(5000); // warm pools and the JIT
+        Run(5000); // warm the pools
+        JitWarmup.UntilQuiet(() => Run(2000), TimeSpan.FromSeconds(60)); // and until the JIT is done with this path
         long before = GC.GetTotalAllocatedBytes(precise: true);
         const int measured = 20000;
         Run(measured);
