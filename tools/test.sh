@@ -3,9 +3,8 @@
 # part and a kernel part. The kernel part (xunit Category=Kernel, Pester tag Kernel) runs directly as root with the
 # nbd module, otherwise inside $NBD_VM_RUNNER, otherwise on the host, where its tests skip with a reason. It runs
 # beside the host parts, against a snapshot of the built module, in two lanes: xunit classes marked
-# [Trait("KernelLane", "2")] (long tests that mostly wait for servers and kernel timeouts) run in a second VM boot,
-# started once the host's xunit tests are done, beside the rest, so their waiting overlaps; directly on the host the
-# lanes run one after the other.
+# [Trait("KernelLane", "2")] (long tests that mostly wait for servers and kernel timeouts) run in a second VM boot
+# beside the first, so their waiting overlaps; directly on the host the lanes run one after the other.
 # PowerShell is the pwsh on PATH or the repository's .NET tool (tools/pwsh); Pester 5.9.1 is restored from NuGet.
 # Every runner writes a result file (TRX, NUnit XML) into out/test-results; tools/TestSummary counts those files,
 # and a missing or unreadable one counts as a failure. New test projects (any project of the solution with
@@ -138,6 +137,8 @@ elif [ "${lane2_sequential:-0}" = 1 ]; then
 else
     "${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
     kernel_pid=$!
+    "${lane2_run[@]}" >"$results/kernel2.log" 2>&1 &
+    lane2_pid=$!
 fi
 
 section "engine and contract tests (xunit)"
@@ -145,14 +146,6 @@ for p in "${test_projects[@]}"; do expected+=("$results/unit-$(basename "$p" .cs
 R=$results PREFIX=unit FILTER='Category!=Kernel' HANG=10m bash -c "$xunit_loop" xunit "${test_projects[@]}" 2>&1 |
     tee "$results/unit.log" | grep -E "$console_lines"
 [ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
-
-# The second VM boot starts once the host's xunit tests are done: two emulated VMs beside them starve the tests that
-# measure (steady-state allocation counts moved with thread start-up timing on a loaded two-core machine).
-if [ "${#lane2_run[@]}" != 0 ] && [ "${lane2_sequential:-0}" != 1 ]; then
-    section "kernel tests, second lane (xunit KernelLane=2), started in the background, $kernel_where"
-    "${lane2_run[@]}" >"$results/kernel2.log" 2>&1 &
-    lane2_pid=$!
-fi
 
 if [ "${#pwsh[@]}" != 0 ]; then
     section "Pester (host part)"
