@@ -32,7 +32,7 @@ fi
 summary_dll=$root/tools/TestSummary/bin/Release/net10.0/TestSummary.dll
 
 # Test projects of the solution, and those of them that hold kernel tests.
-test_projects=(); kernel_projects=(); lane2_projects=()
+test_projects=(); kernel_projects=(); lane2_projects=(); quiet_projects=()
 while IFS= read -r p; do
     p=${p//\\//}
     case $p in *.csproj) ;; *) continue ;; esac
@@ -40,6 +40,7 @@ while IFS= read -r p; do
     test_projects+=("$p")
     if grep -rqs --include='*.cs' 'Trait("Category", "Kernel")' "$(dirname "$p")"; then kernel_projects+=("$p"); fi
     if grep -rqs --include='*.cs' 'Trait("KernelLane", "2")' "$(dirname "$p")"; then lane2_projects+=("$p"); fi
+    if grep -rqs --include='*.cs' 'Trait("Measure", "Quiet")' "$(dirname "$p")"; then quiet_projects+=("$p"); fi
 done < <(dotnet sln NbdPowerShell.sln list)
 
 section "PowerShell and Pester"
@@ -127,6 +128,16 @@ fi
 if [ "${lane2_sequential:-0}" = 1 ] && [ "${#lane2_projects[@]}" != 0 ]; then
     lane2_run=(env "${lane2_env[@]}" HANG=10m bash -c "$kernel_script" kernel2 "${lane2_projects[@]}")
 fi
+# Tests that measure (process-wide allocation per request, Measure=Quiet) run first, with nothing of ours beside them:
+# next to two emulated VMs on a two-core machine their counts move with thread and JIT timing, not with the code.
+if [ "${#quiet_projects[@]}" != 0 ]; then
+    section "tests that measure (xunit Measure=Quiet), before anything runs beside them"
+    for p in "${quiet_projects[@]}"; do expected+=("$results/quiet-$(basename "$p" .csproj).trx"); done
+    R=$results PREFIX=quiet FILTER='Category!=Kernel&Measure=Quiet' HANG=10m bash -c "$xunit_loop" xunit "${quiet_projects[@]}" 2>&1 |
+        tee "$results/quiet.log" | grep -E "$console_lines"
+    [ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
+fi
+
 section "kernel tests (xunit and Pester) started in the background, $kernel_where"
 if [ "${#lane2_run[@]}" = 0 ]; then
     "${kernel_run[@]}" >"$results/kernel.log" 2>&1 &
@@ -143,7 +154,7 @@ fi
 
 section "engine and contract tests (xunit)"
 for p in "${test_projects[@]}"; do expected+=("$results/unit-$(basename "$p" .csproj).trx"); done
-R=$results PREFIX=unit FILTER='Category!=Kernel' HANG=10m bash -c "$xunit_loop" xunit "${test_projects[@]}" 2>&1 |
+R=$results PREFIX=unit FILTER='Category!=Kernel&Measure!=Quiet' HANG=10m bash -c "$xunit_loop" xunit "${test_projects[@]}" 2>&1 |
     tee "$results/unit.log" | grep -E "$console_lines"
 [ "${PIPESTATUS[0]}" = 0 ] || runner_errors=$((runner_errors + 1))
 

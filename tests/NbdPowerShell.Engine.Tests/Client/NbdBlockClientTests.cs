@@ -381,8 +381,12 @@ public class NbdBlockClientTests
     }
 }
 
-/// <summary>A warm client pipelining reads allocates nothing per request (measured process-wide, so run alone).</summary>
+/// <summary>
+/// A warm client pipelining reads allocates nothing per request (measured process-wide, so run alone, and by
+/// tools/test.sh before the kernel-test VMs start: the Measure=Quiet trait).
+/// </summary>
 [Collection(SerialCollection.Name)]
+[Trait("Measure", "Quiet")]
 public class NbdBlockClientAllocationTests
 {
     [Fact]

@@ -13,7 +13,10 @@ namespace NbdPowerShell.Engine.Tests.Server;
 /// work items queued without closures, vectored sends from pinned spans). This measures it with a
 /// client loop that itself allocates nothing.
 /// </summary>
+/// Process-wide counts move with what else the machine runs (thread start-ups, late tier-1 code), so tools/test.sh
+/// runs the Measure=Quiet tests first, before the kernel-test VMs start beside the rest.
 [Collection(SerialCollection.Name)]
+[Trait("Measure", "Quiet")]
 public class SteadyStateAllocationTests
 {
     /// <summary>Memory (reads from the chunks, writes into them), and files through pread and through splice.</summary>
