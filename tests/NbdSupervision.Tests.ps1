@@ -113,33 +113,4 @@ Describe 'Supervised devices' -Tag 'Kernel' -Skip:(-not ($NbdTest.KernelReady -a
         (Get-NbdDevice -Device $device).IsConnected | Should -BeFalse
         @((Get-Content -Raw (Join-Path $env:NBDPOWERSHELL_CONFIG_DIR 'nbdpowershell.json') | ConvertFrom-Json).devices).Count | Should -Be 0
     }
-
-    It 'fails over between -ComputerName hosts that share one -Port when the first server dies' {
-        if (-not $script:nbdkit -or $script:nbdkit.HasExited) { Start-Nbdkit }
-        # The second server: the same image on 127.0.0.2 (all of 127/8 is loopback), the same port.
-        $start = [Diagnostics.ProcessStartInfo]::new('nbdkit')
-        foreach ($a in '-f', '-r', '-i', '127.0.0.2', '-p', "$port", 'file', $image) { $start.ArgumentList.Add($a) }
-        $second = [Diagnostics.Process]::Start($start)
-        try {
-            $deadline = [DateTime]::UtcNow.AddSeconds(60)
-            while ($true) {
-                $probe = [System.Net.Sockets.TcpClient]::new()
-                try { $probe.Connect('127.0.0.2', $port); break }
-                catch { if ([DateTime]::UtcNow -gt $deadline) { throw "the second nbdkit did not listen within 60 s" }; Start-Sleep -Milliseconds 100 }
-                finally { $probe.Dispose() }
-            }
-            $session = Connect-NbdDevice -ComputerName 127.0.0.1, 127.0.0.2 -Port $port -ExportName img -Driver Nbd -ReadOnly -Persistent -DeadConnectionTimeout 900 -Timeout 60 -Confirm:$false
-            $session.ActiveUri | Should -Be "nbd://127.0.0.1:$port/img"
-            $device = $session.Device
-            Stop-Nbdkit
-            Read-DeviceHash $device | Should -Be $imageHash
-            $s = Wait-Session $device { param($s) $s.State -eq 'Connected' -and $s.ActiveUri -eq "nbd://127.0.0.2:$port/img" }
-            $s.History.Event | Should -Contain 'FailedOver'
-            Disconnect-NbdDevice -Device $device -Confirm:$false
-            (Get-NbdDevice -Device $device).IsConnected | Should -BeFalse
-        }
-        finally {
-            if (-not $second.HasExited) { $second.Kill(); $null = $second.WaitForExit(10000) }
-        }
-    }
 }
