@@ -114,12 +114,10 @@ elif [ -n "${NBD_VM_RUNNER:-}" ]; then
     # No hang blame in the guest: its data collector process starts too slowly there ("testhost process failed to
     # connect to datacollector process after 90 seconds"), and the runner's --timeout bounds a hang anyway; the
     # test host gets 15 minutes to connect to vstest instead of 90 s.
-    kernel_run=(env NBD_VM_BOOT_TIMEOUT="${NBD_VM_BOOT_TIMEOUT:-900}" NBD_VM_APPEND="${NBD_VM_APPEND:-no_timer_check}"
-                "$NBD_VM_RUNNER" --timeout 3600 -- env "${kernel_env[@]}" HANG= VSTEST_CONNECTION_TIMEOUT=900 HOME=/tmp DOTNET_CLI_HOME=/tmp
-                bash -c "$kernel_script" kernel "${kernel_projects[@]}")
-    lane2_run=(env NBD_VM_BOOT_TIMEOUT="${NBD_VM_BOOT_TIMEOUT:-900}" NBD_VM_APPEND="${NBD_VM_APPEND:-no_timer_check}"
-               "$NBD_VM_RUNNER" --timeout 3600 -- env "${lane2_env[@]}" HANG= VSTEST_CONNECTION_TIMEOUT=900 HOME=/tmp DOTNET_CLI_HOME=/tmp
-               bash -c "$kernel_script" kernel2 "${lane2_projects[@]}")
+    in_vm=(env NBD_VM_BOOT_TIMEOUT="${NBD_VM_BOOT_TIMEOUT:-900}" NBD_VM_APPEND="${NBD_VM_APPEND:-no_timer_check}"
+           "$NBD_VM_RUNNER" --timeout 3600 -- env HANG= VSTEST_CONNECTION_TIMEOUT=900 HOME=/tmp DOTNET_CLI_HOME=/tmp)
+    kernel_run=("${in_vm[@]}" "${kernel_env[@]}" bash -c "$kernel_script" kernel "${kernel_projects[@]}")
+    lane2_run=("${in_vm[@]}" "${lane2_env[@]}" bash -c "$kernel_script" kernel2 "${lane2_projects[@]}")
 else
     kernel_where="on the host, where they skip: no nbd module here (or not root) and NBD_VM_RUNNER is not set"
     kernel_run=(env "${kernel_env[@]}" HANG=10m bash -c "$kernel_script" kernel "${kernel_projects[@]}")
