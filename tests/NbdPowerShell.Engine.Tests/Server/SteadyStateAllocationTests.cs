@@ -51,17 +51,23 @@ public class SteadyStateAllocationTests
         var reply = new byte[16 + blockSize];
         int blocks = size / blockSize;
 
+        // Request i: cookie i, block i (wrapping), into the reused request buffer.
+        void WriteHeader(NbdCommand command, int i)
+        {
+            BinaryPrimitives.WriteUInt32BigEndian(request, NbdMagic.Request);
+            BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(4), 0);
+            BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(6), (ushort)command);
+            BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), (ulong)i);
+            BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(16), (ulong)(i % blocks) * (ulong)blockSize);
+            BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), (uint)blockSize);
+        }
+
         void Run(int count)
         {
             for (int i = 0; i < count; i++)
             {
                 bool write = (i & 1) == 0;
-                BinaryPrimitives.WriteUInt32BigEndian(request, NbdMagic.Request);
-                BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(4), 0);
-                BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(6), (ushort)(write ? NbdCommand.Write : NbdCommand.Read));
-                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), (ulong)i);
-                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(16), (ulong)(i % blocks) * (ulong)blockSize);
-                BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), (uint)blockSize);
+                WriteHeader(write ? NbdCommand.Write : NbdCommand.Read, i);
                 SendAll(socket, request.AsSpan(0, write ? request.Length : 28));
                 ReceiveAll(socket, reply.AsSpan(0, write ? 16 : reply.Length));
                 if (BinaryPrimitives.ReadUInt32BigEndian(reply.AsSpan(4)) != 0)
@@ -79,12 +85,7 @@ public class SteadyStateAllocationTests
         {
             for (int i = 0; i < count; i++)
             {
-                BinaryPrimitives.WriteUInt32BigEndian(request, NbdMagic.Request);
-                BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(4), 0);
-                BinaryPrimitives.WriteUInt16BigEndian(request.AsSpan(6), (ushort)NbdCommand.Write);
-                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(8), (ulong)i);
-                BinaryPrimitives.WriteUInt64BigEndian(request.AsSpan(16), (ulong)(i % blocks) * (ulong)blockSize);
-                BinaryPrimitives.WriteUInt32BigEndian(request.AsSpan(24), (uint)blockSize);
+                WriteHeader(NbdCommand.Write, i);
                 SendAll(socket, request);
             }
             for (int i = 0; i < count; i++)
