@@ -3,23 +3,26 @@
 # clone of the committed HEAD, optionally beside CPU hogs (stress-ng), keeps every run's result files and log,
 # and prints which tests failed in which run. For contributors; not part of CI.
 #
-# Usage: tools/flake-hunt.sh [-n RUNS] [--stress [N]] [--out DIR] [--keep-clones]
+# Usage: tools/flake-hunt.sh [-n RUNS] [--stress [N]] [--host-only] [--out DIR] [--keep-clones]
 #   -n RUNS        number of runs (default 5)
 #   --stress [N]   run `stress-ng --cpu N` (default 2) beside each run (Debian package stress-ng)
 #   --out DIR      where the runs are kept (default out/flake-hunt/<date-time>): DIR/run-K/test.log and
 #                  DIR/run-K/test-results/ (TRX, NUnit XML)
 #   --keep-clones  keep the fresh clones (normally removed after each run)
+#   --host-only    no kernel-test VMs: the kernel tests skip (a run takes about a third of the time; use it to
+#                  repeat the host tests under stress-ng more often, and the full runs for the kernel tests)
 # Kernel tests run in $NBD_VM_RUNNER when set, otherwise in ../shared/tools/nbd-vm-run.sh next to this
 # repository when that exists (as in .ci/run), otherwise they skip.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-runs=5; stress=0; out=; keep=0
+runs=5; stress=0; out=; keep=0; host_only=0
 while [ $# -gt 0 ]; do
     case $1 in
         -n) runs=$2; shift 2 ;;
         --stress) if [[ ${2:-} =~ ^[0-9]+$ ]]; then stress=$2; shift 2; else stress=2; shift; fi ;;
         --out) out=$2; shift 2 ;;
         --keep-clones) keep=1; shift ;;
+        --host-only) host_only=1; shift ;;
         -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -28,7 +31,9 @@ done
 if [ "$stress" != 0 ] && ! command -v stress-ng >/dev/null; then
     echo "--stress needs stress-ng (apt-get install stress-ng)" >&2; exit 2
 fi
-if [ -z "${NBD_VM_RUNNER:-}" ] && [ -x "$repo/../shared/tools/nbd-vm-run.sh" ]; then
+if [ "$host_only" = 1 ]; then
+    NBD_VM_RUNNER=
+elif [ -z "${NBD_VM_RUNNER:-}" ] && [ -x "$repo/../shared/tools/nbd-vm-run.sh" ]; then
     NBD_VM_RUNNER=$(cd "$repo/../shared/tools" && pwd)/nbd-vm-run.sh
 fi
 export NBD_VM_RUNNER=${NBD_VM_RUNNER:-}
