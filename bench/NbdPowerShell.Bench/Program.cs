@@ -7,7 +7,7 @@ using NbdPowerShell.Engine.Storage;
 // Usage: NbdPowerShell.Bench serve [--port N] [--address A] [--unix PATH] [--workers N]
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
-//          [--cached-read-maximum BYTES] [--reply-batch-bytes BYTES]
+//          [--cached-read-maximum BYTES] [--reply-batch-bytes BYTES] [--inline-write-maximum BYTES]
 //        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 //        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
 //        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
@@ -55,6 +55,7 @@ for (int i = 1; i < args.Length; i++)
         case "--parallel-memory-read-minimum": ClientConnection.ParallelMemoryReadMinimum = int.Parse(Next()); break;
         case "--cached-read-maximum": ClientConnection.CachedReadMaximum = int.Parse(Next()); break; // 0: every file read to a worker
         case "--reply-batch-bytes": ReplyBatch.FlushBytes = int.Parse(Next()); break;
+        case "--inline-write-maximum": ClientConnection.InlineWriteMaximum = int.Parse(Next()); break; // 0: every file write to a worker
         case "--memory":
         {
             var (name, size) = Split(Next());

@@ -191,6 +191,15 @@ internal sealed class ClientConnection
     /// </summary>
     internal static int CachedReadMaximum = 256 * 1024;
 
+    /// <summary>
+    /// A buffered file WRITE up to this size, without FUA, runs on the reader when it is the only
+    /// request in flight (a client writing one request at a time, as the kernel does for `dd
+    /// oflag=direct`): nothing waits behind it that a worker could have run meanwhile, and the
+    /// hand-off to a worker (a futex wake-up and a thread switch each way) is most of what such a
+    /// write costs beyond the copy into the page cache. 0 turns it off (bench host --inline-write-maximum).
+    /// </summary>
+    internal static int InlineWriteMaximum = 4 * 1024 * 1024;
+
     private void ReadRequests(NegotiatedSession session, ServedExport export, TransmissionFlags flags, BufferedReader reader, RequestWorkers workers)
     {
         var store = export.Store;
@@ -277,6 +286,9 @@ internal sealed class ClientConnection
                 Execute(request, _batch);
             else if (cached != null && command == NbdCommand.Read && length <= cachedReadMaximum && TryReadCached(request, cached, structured))
                 continue;
+            else if (cached != null && command == NbdCommand.Write && length <= InlineWriteMaximum
+                     && (cmdFlags & NbdCommandFlags.Fua) == 0 && InFlight == 1)
+                Execute(request, _batch);
             else
                 workers.Enqueue(request);
         }
