@@ -46,6 +46,12 @@ internal static partial class Libc
     [LibraryImport(Lib, SetLastError = true)]
     public static unsafe partial nint sendmsg(int sockfd, MsgHdr* msg, int flags);
 
+    [LibraryImport(Lib, SetLastError = true)]
+    public static unsafe partial nint recvmsg(int sockfd, MsgHdr* msg, int flags);
+
+    public const int ECONNABORTED = 103;
+    public const int ECONNRESET = 104;
+
     public const int F_SETPIPE_SZ = 1031;
     public const int F_GETPIPE_SZ = 1032;
     public const int O_CLOEXEC_PIPE = 0x80000;

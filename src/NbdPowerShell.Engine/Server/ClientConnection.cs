@@ -1,7 +1,10 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Net;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
+using NbdPowerShell.Engine.Interop;
 using NbdPowerShell.Engine.Protocol;
 using NbdPowerShell.Engine.Storage;
 
@@ -298,7 +301,7 @@ internal sealed class ClientConnection
     /// Reads a WRITE payload: drained when the request is refused (so the stream stays in sync),
     /// received straight into a memory store's chunks, or into a pooled buffer for the store to write.
     /// </summary>
-    private static void ReadPayload(NbdRequest request, BufferedReader reader, IPinnedMemoryStore? pinned, NbdError error)
+    private static unsafe void ReadPayload(NbdRequest request, BufferedReader reader, IPinnedMemoryStore? pinned, NbdError error)
     {
         int length = (int)request.Length;
         if (error != NbdError.None)
@@ -311,8 +314,17 @@ internal sealed class ClientConnection
             pinned.GetWriteSegments((long)request.Offset, length, segments);
             try
             {
-                foreach (var segment in segments)
-                    reader.ReadExactly(segment.Chunk.AsSpan(segment.Offset, segment.Length));
+                // One vector per chunk, so a receive fills as many chunks as the socket holds. The chunks
+                // are pinned-heap arrays (they never move) and the segments keep them alive. A payload is
+                // at most NbdLimits.MaxPayload, a few hundred chunks: the vectors fit on the stack.
+                Libc.IoVec* vectors = stackalloc Libc.IoVec[segments.Count];
+                for (int i = 0; i < segments.Count; i++)
+                {
+                    var segment = segments[i];
+                    byte* chunk = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(segment.Chunk!));
+                    vectors[i] = new Libc.IoVec { Base = (nint)(chunk + segment.Offset), Length = (nuint)segment.Length };
+                }
+                reader.ReadExactly(vectors, segments.Count);
             }
             finally
             {

@@ -16,6 +16,21 @@ internal abstract class NbdTransport : IDisposable
     public abstract int Read(Span<byte> buffer);
 
     /// <summary>
+    /// Reads into the vectors in order (a scatter read), at least one byte; returns 0 at end of stream.
+    /// The memory the vectors describe must stay where it is for the call (pinned or fixed). Zero-copy
+    /// transports fill several vectors in one receive; the others read into the first non-empty one.
+    /// </summary>
+    public virtual unsafe int ReadVectors(Interop.Libc.IoVec* vectors, int count)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            if (vectors[i].Length != 0)
+                return Read(new Span<byte>((void*)vectors[i].Base, (int)Math.Min(vectors[i].Length, int.MaxValue)));
+        }
+        return 0;
+    }
+
+    /// <summary>
     /// Bytes read from the peer so far, including those a TLS layer above consumed. The handshake
     /// deadline uses it to tell a client that stalls from one that is merely slow.
     /// </summary>

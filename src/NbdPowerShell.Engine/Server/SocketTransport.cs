@@ -86,6 +86,57 @@ internal sealed class SocketTransport : NbdTransport
         }
     }
 
+    /// <summary>
+    /// One recvmsg over all the vectors: a write's payload lands in its destination (a pooled
+    /// buffer or the memory store's chunks) and the bytes after it, the next request, in the
+    /// reader's buffer, in the same call. Waits through a descriptor the runtime made non-blocking.
+    /// </summary>
+    public override unsafe int ReadVectors(Libc.IoVec* vectors, int count)
+    {
+        int fd;
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            fd = (int)_socket.SafeHandle.DangerousGetHandle();
+        }
+        catch (ObjectDisposedException)
+        {
+            return 0;
+        }
+        try
+        {
+            var msg = new Libc.MsgHdr { Iov = vectors, IovLength = (nuint)Math.Min(count, Libc.IOV_MAX) };
+            while (true)
+            {
+                nint n = Libc.recvmsg(fd, &msg, 0);
+                if (n >= 0)
+                {
+                    Volatile.Write(ref _bytesReceived, _bytesReceived + n);
+                    return (int)n;
+                }
+                int errno = Libc.LastErrno;
+                if (errno == Libc.EINTR)
+                    continue;
+                if (errno == Libc.EAGAIN)
+                {
+                    // Shutdown (a stop, a dead handshake) wakes the poll: the receive then reads end of stream.
+                    var pfd = new Libc.PollFd { Fd = fd, Events = Libc.POLLIN };
+                    Libc.Poll(&pfd, 1, 1000);
+                    continue;
+                }
+                // As Read: a reset or aborted connection ends the stream; anything else is an error.
+                if (errno is Libc.ECONNRESET or Libc.ECONNABORTED or Libc.ESHUTDOWN or Libc.ENOTCONN or Libc.EBADF)
+                    return 0;
+                throw new IOException($"receive failed: {Libc.StrError(errno)}", errno);
+            }
+        }
+        finally
+        {
+            Release(added);
+        }
+    }
+
     public override bool ZeroCopy => true;
 
     public override bool PeerIsLocal => RemoteEndPoint switch

@@ -1,0 +1,158 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using NbdPowerShell.Engine.Interop;
+using NbdPowerShell.Engine.Server;
+using Xunit;
+
+namespace NbdPowerShell.Engine.Tests.Server;
+
+/// <summary>
+/// The reader under every connection: a payload read into several destinations (a write's chunks) arrives
+/// whole and in order however the bytes are cut into receives, and what follows it (the next request) is
+/// read next, through the socket's vectored receive and through a transport that reads one span at a time.
+/// </summary>
+public class BufferedReaderTests
+{
+    private const int Header = 28;
+
+    public static TheoryData<bool> Scatter => new() { true, false };
+
+    [Theory]
+    [MemberData(nameof(Scatter))]
+    public void A_payload_cut_into_random_pieces_fills_every_vector_and_the_next_header_follows(bool zeroCopy)
+    {
+        var random = new Random(7);
+        foreach (int payload in new[] { 1, 4096, 65_536 - Header, 65_536, 200_000, 1 << 20 })
+        {
+            var stream = RandomBytes(random, Header + payload + Header);
+            var transport = new PiecesTransport(stream, random, zeroCopy);
+            var reader = new BufferedReader(transport);
+            var header = new byte[Header];
+            Assert.True(reader.TryReadExactly(header));
+            Assert.Equal(stream.AsSpan(0, Header).ToArray(), header);
+
+            // Destinations of uneven sizes, as a write that starts inside a chunk and ends inside another.
+            var sizes = Split(random, payload);
+            var arrays = sizes.Select(n => GC.AllocateArray<byte>(n, pinned: true)).ToArray();
+            ReadInto(reader, arrays);
+            Assert.Equal(stream.AsSpan(Header, payload).ToArray(), arrays.SelectMany(a => a).ToArray());
+
+            Assert.True(reader.TryReadExactly(header));
+            Assert.Equal(stream.AsSpan(Header + payload, Header).ToArray(), header);
+            Assert.False(reader.TryReadExactly(header));
+        }
+    }
+
+    [Fact]
+    public async Task The_socket_receives_a_payload_into_several_vectors_and_keeps_what_follows()
+    {
+        var (server, client) = TransmissionTests.SocketPair();
+        using var transport = new SocketTransport(server);
+        using var peer = client;
+        var random = new Random(11);
+        const int payload = (1 << 20) + 123;
+        var stream = RandomBytes(random, Header + payload + Header);
+        // The peer sends in pieces with pauses, so receives return part of a vector, several vectors and the
+        // next header together, and wait on an empty socket.
+        var sender = Task.Run(async () =>
+        {
+            int at = 0;
+            while (at < stream.Length)
+            {
+                int n = Math.Min(stream.Length - at, random.Next(1, 300_000));
+                peer.Send(stream.AsSpan(at, n));
+                at += n;
+                await Task.Delay(random.Next(0, 3));
+            }
+            peer.Shutdown(SocketShutdown.Send);
+        });
+        var reader = new BufferedReader(transport);
+        var header = new byte[Header];
+        Assert.True(reader.TryReadExactly(header));
+        var destination = new byte[payload];
+        var sizes = Split(new Random(3), payload);
+        int offset = 0;
+        var arrays = sizes.Select(n => GC.AllocateArray<byte>(n, pinned: true)).ToArray();
+        ReadInto(reader, arrays);
+        foreach (var a in arrays)
+        {
+            a.CopyTo(destination, offset);
+            offset += a.Length;
+        }
+        Assert.Equal(stream.AsSpan(Header, payload).ToArray(), destination);
+        Assert.True(reader.TryReadExactly(header));
+        Assert.Equal(stream.AsSpan(Header + payload, Header).ToArray(), header);
+        await sender.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.False(reader.TryReadExactly(header));
+        Assert.Equal(stream.Length, transport.BytesReceived);
+    }
+
+    [Fact]
+    public void A_stream_that_ends_inside_a_payload_is_an_error()
+    {
+        var stream = RandomBytes(new Random(5), Header + 1000);
+        var reader = new BufferedReader(new PiecesTransport(stream, new Random(5), zeroCopy: true));
+        Assert.True(reader.TryReadExactly(new byte[Header]));
+        var arrays = new[] { GC.AllocateArray<byte>(600, pinned: true), GC.AllocateArray<byte>(4096, pinned: true) };
+        Assert.Throws<EndOfStreamException>(() => ReadInto(reader, arrays));
+    }
+
+    private static unsafe void ReadInto(BufferedReader reader, byte[][] arrays)
+    {
+        var vectors = stackalloc Libc.IoVec[arrays.Length];
+        for (int i = 0; i < arrays.Length; i++)
+            vectors[i] = new Libc.IoVec { Base = (nint)Unsafe(arrays[i]), Length = (nuint)arrays[i].Length };
+        reader.ReadExactly(vectors, arrays.Length);
+    }
+
+    private static unsafe byte* Unsafe(byte[] pinned) =>
+        (byte*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(pinned));
+
+    private static byte[] RandomBytes(Random random, int length)
+    {
+        var bytes = new byte[length];
+        random.NextBytes(bytes);
+        return bytes;
+    }
+
+    /// <summary>Cuts <paramref name="total"/> into 1 to 100 parts of uneven sizes (all at least one byte).</summary>
+    private static int[] Split(Random random, int total)
+    {
+        int parts = Math.Min(total, random.Next(1, 100));
+        var cuts = Enumerable.Range(0, parts - 1).Select(_ => random.Next(1, total)).Distinct().Order().ToList();
+        var sizes = new List<int>();
+        int last = 0;
+        foreach (int cut in cuts)
+        {
+            sizes.Add(cut - last);
+            last = cut;
+        }
+        sizes.Add(total - last);
+        return sizes.ToArray();
+    }
+
+    /// <summary>Hands out a byte stream in random-sized pieces, one span at a time (the default vectored read).</summary>
+    private sealed class PiecesTransport(byte[] stream, Random random, bool zeroCopy) : NbdTransport
+    {
+        private int _at;
+
+        public override EndPoint? RemoteEndPoint => null;
+        public override bool ZeroCopy => zeroCopy;
+        public override long BytesReceived => _at;
+
+        public override int Read(Span<byte> buffer)
+        {
+            int n = Math.Min(Math.Min(buffer.Length, stream.Length - _at), random.Next(1, 70_000));
+            stream.AsSpan(_at, n).CopyTo(buffer);
+            _at += n;
+            return n;
+        }
+
+        public override void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body) => throw new NotSupportedException();
+        public override void Shutdown() { }
+        public override void ShutdownSend() { }
+        public override void DrainUntilClosed(TimeSpan timeout) { }
+        public override void Dispose() { }
+    }
+}
