@@ -243,7 +243,10 @@ Describe 'Copy-NbdDisk with nbdkit and qemu-nbd' -Skip:(-not ($IsLinux -and $Has
         $e = Start-NbdExport -Path $big -Name cp-slow -Port 0 -ReadOnly
         $port = Get-FreeTcpPort
         $slow = "nbd://127.0.0.1:$port/"
-        $peer = Start-Peer nbdkit @('-f', '-i', '127.0.0.1', '-p', $port, '--filter=rate', 'memory', '256M', 'rate=16M') $slow
+        # One nbdkit thread: with several, Debian's nbdkit 1.32 sometimes aborts when a client goes away with replies
+        # in flight (one thread closes the socket after EPIPE while another sends: "raw_send_socket: Assertion
+        # `sock >= 0' failed", exit 134 - seen here under load). The copy still has many requests queued.
+        $peer = Start-Peer nbdkit @('-f', '-t', '1', '-i', '127.0.0.1', '-p', $port, '--filter=rate', 'memory', '256M', 'rate=16M') $slow
 
         $ps = [powershell]::Create()
         try {
@@ -267,7 +270,7 @@ Describe 'Copy-NbdDisk with nbdkit and qemu-nbd' -Skip:(-not ($IsLinux -and $Has
         while ([DateTime]::UtcNow -lt $deadline -and (Get-NbdExport cp-slow).ClientCount -gt 0) { Start-Sleep -Milliseconds 100 }
         (Get-NbdExport cp-slow).ClientCount | Should -Be 0
         Get-EstablishedCount $port | Should -Be 0
-        # nbdkit ended here once under load; say how, so the next occurrence can be explained.
+        # If nbdkit ends anyway, say how, so the next occurrence can be explained.
         $peerLog = Get-ChildItem $dir -Filter 'nbdkit-*.log' | ForEach-Object { "$($_.Name): $(Get-Content -Raw $_.FullName)" }
         $peer.HasExited | Should -BeFalse -Because "the destination nbdkit must outlive the stopped copy (exit code $(if ($peer.HasExited) { $peer.ExitCode }); its stderr: $peerLog)"
     }

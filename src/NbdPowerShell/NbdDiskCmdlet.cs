@@ -77,15 +77,35 @@ public abstract class NbdDiskCmdlet : NbdClientCmdlet
     {
         // A new record each time: hosts may keep the records they were given (a runspace's Streams.Progress does).
         int id = Interlocked.Increment(ref _nextActivityId);
+        bool stopping = false;
         try
         {
             do
             {
-                DrainEngineLog();
-                WriteProgress(Describe(id, activity, progress, what));
+                try
+                {
+                    DrainEngineLog();
+                    WriteProgress(Describe(id, activity, progress, what));
+                }
+                catch (PipelineStoppedException)
+                {
+                    // Ctrl+C: PowerShell refuses output as soon as the pipeline stops, before StopProcessing cancels
+                    // the token; the copy's own account of what it left behind must not be lost to this write.
+                    stopping = true;
+                }
+                if (stopping || CancelToken.IsCancellationRequested)
+                {
+                    stopping = true;
+                    // The operation honours the token and ends with what it did (DiskOperationCanceledException),
+                    // which the caller turns into the warning the admin needs. Under load that can take longer
+                    // than one progress tick; an operation that does not end in time is left to its token.
+                    if (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(StopWait))
+                        throw new PipelineStoppedException();
+                    break;
+                }
             }
             while (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(250));
-            if (task.IsCompletedSuccessfully)
+            if (task.IsCompletedSuccessfully && !stopping)
             {
                 var done = Describe(id, activity, progress, what);
                 done.PercentComplete = 100;
@@ -95,12 +115,16 @@ public abstract class NbdDiskCmdlet : NbdClientCmdlet
         }
         finally
         {
-            if (!CancelToken.IsCancellationRequested)
+            if (!stopping && !CancelToken.IsCancellationRequested)
                 WriteProgress(new ProgressRecord(id, activity, what) { RecordType = ProgressRecordType.Completed });
         }
-        DrainEngineLog();
+        if (!stopping)
+            DrainEngineLog();
         return task.GetAwaiter().GetResult();
     }
+
+    /// <summary>How long a stopped (Ctrl+C) disk operation gets to end and say what it left behind.</summary>
+    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(4);
 
     private static ProgressRecord Describe(int id, string activity, DiskProgress progress, string what)
     {
