@@ -266,8 +266,12 @@ Describe 'Copy-NbdDisk with nbdkit and qemu-nbd' -Skip:(-not ($IsLinux -and $Has
             "$($ps.Streams.Warning)" | Should -Match 'stopped after .* keeps what was written'
         }
         finally { $ps.Dispose() }
+        # Both ends close after the stop, each at its own pace (nbdkit sees the close when its one thread next reads):
+        # wait for both, then require both.
         $deadline = [DateTime]::UtcNow.AddSeconds(10)
-        while ([DateTime]::UtcNow -lt $deadline -and (Get-NbdExport cp-slow).ClientCount -gt 0) { Start-Sleep -Milliseconds 100 }
+        while ([DateTime]::UtcNow -lt $deadline -and ((Get-NbdExport cp-slow).ClientCount -gt 0 -or (Get-EstablishedCount $port) -gt 0)) {
+            Start-Sleep -Milliseconds 100
+        }
         (Get-NbdExport cp-slow).ClientCount | Should -Be 0
         Get-EstablishedCount $port | Should -Be 0
         # If nbdkit ends anyway, say how, so the next occurrence can be explained.
