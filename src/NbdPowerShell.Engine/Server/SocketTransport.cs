@@ -94,15 +94,14 @@ internal sealed class SocketTransport : NbdTransport
     public override unsafe int ReadVectors(Libc.IoVec* vectors, int count)
     {
         int fd;
-        bool added = false;
+        bool added;
         try
         {
-            _socket.SafeHandle.DangerousAddRef(ref added);
-            fd = (int)_socket.SafeHandle.DangerousGetHandle();
+            fd = AddRef(out added);
         }
-        catch (ObjectDisposedException)
+        catch (IOException)
         {
-            return 0;
+            return 0; // closed: the end of the stream, as Read reports it
         }
         try
         {
