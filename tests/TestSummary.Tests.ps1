@@ -89,6 +89,42 @@ Invoke-Pester -Configuration `$c
         $s.Text | Should -Match '(?m)test run error: Test host process crashed : Unhandled exception\.\)$'
     }
 
+    It 'counts a failed xunit test once although the run also reports it as a run error' {
+        # What a real run wrote (a flake hunt, 2026-11-30): xunit echoes each failed test as an Error RunInfo.
+        $trx = Join-Path $TestDrive 'echo.trx'
+        Set-Content $trx @'
+<?xml version="1.0" encoding="utf-8"?>
+<TestRun xmlns="http://microsoft.com/schemas/VisualStudio/TeamTest/2010">
+  <Results>
+    <UnitTestResult testName="A.Passes" outcome="Passed" />
+    <UnitTestResult testName="A.Fails_under_load" outcome="Failed" />
+  </Results>
+  <ResultSummary outcome="Failed">
+    <Counters total="2" executed="2" passed="1" failed="1" />
+    <RunInfos>
+      <RunInfo computerName="vm" outcome="Error" timestamp="2026-11-30T17:23:17Z">
+        <Text>[xUnit.net 00:01:12.39]     A.Fails_under_load [FAIL]</Text>
+      </RunInfo>
+      <RunInfo computerName="vm" outcome="Warning" timestamp="2026-11-30T17:25:27Z">
+        <Text>Data collector 'Blame' message: All tests finished running, Sequence file will not be generated.</Text>
+      </RunInfo>
+    </RunInfos>
+  </ResultSummary>
+</TestRun>
+'@
+        $s = Get-Summary $trx
+        $s.Passed | Should -Be 1
+        $s.Failed | Should -Be 1
+        $s.Text | Should -Match 'FAILED: A.Fails_under_load'
+        $s.Text | Should -Not -Match 'test run error'
+
+        # An Error naming a test that did not fail is not an echo: it still counts.
+        (Get-Content $trx -Raw).Replace('A.Fails_under_load [FAIL]', 'A.Passes [FAIL]') | Set-Content $trx
+        $s = Get-Summary $trx
+        $s.Failed | Should -Be 2
+        $s.Text | Should -Match 'test run error: \[xUnit.net 00:01:12.39\]     A.Passes \[FAIL\]'
+    }
+
     It 'counts a missing, an empty and an unknown file as one failure each, and adds up files' {
         $empty = Join-Path $TestDrive 'empty.xml'
         Set-Content $empty ''

@@ -52,12 +52,14 @@ internal static class ResultFile
             }
         }
         // A test host that crashed or never connected leaves a RunInfo with outcome Error, and a summary that says
-        // Failed although no test failed (or Aborted): one more failure, named after the first error.
+        // Failed although no test failed (or Aborted): one more failure, named after the first error. xunit also
+        // echoes every failed test as an Error RunInfo ("[xUnit.net …] Name [FAIL]"): that one is already counted.
         string? runOutcome = (string?)root.Element(ns + "ResultSummary")?.Attribute("outcome");
+        var testsFailed = new HashSet<string>(failedTests, StringComparer.Ordinal);
         string? runError = root.Descendants(ns + "RunInfo")
             .Where(info => (string?)info.Attribute("outcome") == "Error")
             .Select(info => ((string?)info.Element(ns + "Text") ?? "").Split('\n')[0].Trim())
-            .FirstOrDefault();
+            .FirstOrDefault(text => !IsEchoOfFailedTest(text, testsFailed));
         if (runError is not null)
         {
             failed++;
@@ -69,6 +71,16 @@ internal static class ResultFile
             failedTests.Add($"(test run outcome: {runOutcome ?? "none"})");
         }
         return new ResultCounts(passed, failed, skipped, failedTests);
+    }
+
+    private static bool IsEchoOfFailedTest(string text, HashSet<string> failedTests)
+    {
+        const string marker = " [FAIL]";
+        if (!text.EndsWith(marker, StringComparison.Ordinal))
+            return false;
+        string name = text[..^marker.Length].TrimEnd();
+        int space = name.LastIndexOfAny([' ', '\t']);
+        return failedTests.Contains(space < 0 ? name : name[(space + 1)..]);
     }
 
     // NUnit 2.5 (Pester's NUnitXml) and NUnit 3: test-case elements carry the result. A block or file that failed
