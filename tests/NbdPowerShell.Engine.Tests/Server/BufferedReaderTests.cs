@@ -16,18 +16,18 @@ public class BufferedReaderTests
 {
     private const int Header = 28;
 
-    public static TheoryData<bool> Scatter => new() { true, false };
+    public static TheoryData<bool, bool> ScatterAndHeaderAtATime => new() { { true, false }, { false, false }, { true, true }, { false, true } };
 
     [Theory]
-    [MemberData(nameof(Scatter))]
-    public void A_payload_cut_into_random_pieces_fills_every_vector_and_the_next_header_follows(bool zeroCopy)
+    [MemberData(nameof(ScatterAndHeaderAtATime))]
+    public void A_payload_cut_into_random_pieces_fills_every_vector_and_the_next_header_follows(bool zeroCopy, bool headerAtATime)
     {
         var random = new Random(7);
         foreach (int payload in new[] { 1, 4096, 65_536 - Header, 65_536, 200_000, 1 << 20 })
         {
             var stream = RandomBytes(random, Header + payload + Header);
             var transport = new PiecesTransport(stream, random, zeroCopy);
-            var reader = new BufferedReader(transport);
+            var reader = new BufferedReader(transport) { HeaderAtATime = headerAtATime };
             var header = new byte[Header];
             Assert.True(reader.TryReadExactly(header));
             Assert.Equal(stream.AsSpan(0, Header).ToArray(), header);
@@ -88,6 +88,54 @@ public class BufferedReaderTests
         Assert.Equal(stream.Length, transport.BytesReceived);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Header_at_a_time_receives_only_headers_into_the_buffer_so_no_payload_is_copied(bool headerAtATime)
+    {
+        // Three 128 KiB writes and a last header, as the kernel sends them; the transport fills whatever it is asked for.
+        const int payload = 128 * 1024, requests = 3;
+        var stream = RandomBytes(new Random(13), requests * (Header + payload) + Header);
+        var transport = new GreedyTransport(stream);
+        var reader = new BufferedReader(transport) { HeaderAtATime = headerAtATime };
+        var header = new byte[Header];
+        for (int i = 0; i < requests; i++)
+        {
+            int at = i * (Header + payload);
+            Assert.True(reader.TryReadExactly(header));
+            Assert.Equal(stream.AsSpan(at, Header).ToArray(), header);
+            var data = GC.AllocateArray<byte>(payload, pinned: true);
+            ReadInto(reader, [data]);
+            Assert.Equal(stream.AsSpan(at + Header, payload).ToArray(), data);
+        }
+        Assert.True(reader.TryReadExactly(header));
+        Assert.Equal(stream.AsSpan(stream.Length - Header).ToArray(), header);
+        Assert.False(reader.TryReadExactly(header));
+        // Whatever went through the reader's own buffer beyond the headers was payload it had to copy out.
+        if (headerAtATime)
+            Assert.Equal((requests + 1) * Header, transport.IntoBuffer);
+        else
+            Assert.True(transport.IntoBuffer > (requests + 1) * Header, $"only {transport.IntoBuffer} bytes went through the buffer");
+    }
+
+    [Theory]
+    [MemberData(nameof(Scatter))]
+    public void A_refused_large_write_is_drained_a_buffer_at_a_time_not_a_header_at_a_time(bool zeroCopy)
+    {
+        const int payload = 1 << 20;
+        var stream = RandomBytes(new Random(19), Header + payload + Header);
+        var transport = new GreedyTransport(stream, zeroCopy);
+        var reader = new BufferedReader(transport) { HeaderAtATime = true };
+        var header = new byte[Header];
+        Assert.True(reader.TryReadExactly(header));
+        reader.Skip(payload);
+        Assert.True(reader.TryReadExactly(header));
+        Assert.Equal(stream.AsSpan(Header + payload).ToArray(), header);
+        Assert.InRange(transport.Receives, 1, 2 + payload / (64 * 1024) + 1);
+    }
+
+    public static TheoryData<bool> Scatter => new() { true, false };
+
     [Fact]
     public void A_stream_that_ends_inside_a_payload_is_an_error()
     {
@@ -130,6 +178,57 @@ public class BufferedReaderTests
         }
         sizes.Add(total - last);
         return sizes.ToArray();
+    }
+
+    /// <summary>
+    /// A socket with the whole stream waiting: every receive is filled as far as asked. Counts the bytes that
+    /// land in the reader's own buffer (a plain read, or the last of a vectored read's vectors).
+    /// </summary>
+    private sealed class GreedyTransport(byte[] stream, bool zeroCopy = true) : NbdTransport
+    {
+        private int _at;
+
+        public int IntoBuffer { get; private set; }
+        public int Receives { get; private set; }
+        public override EndPoint? RemoteEndPoint => null;
+        public override bool ZeroCopy => zeroCopy;
+        public override long BytesReceived => _at;
+
+        public override int Read(Span<byte> buffer)
+        {
+            Receives++;
+            int n = Take(buffer);
+            IntoBuffer += n;
+            return n;
+        }
+
+        public override unsafe int ReadVectors(Libc.IoVec* vectors, int count)
+        {
+            Receives++;
+            int total = 0;
+            for (int i = 0; i < count; i++)
+            {
+                int n = Take(new Span<byte>((void*)vectors[i].Base, (int)vectors[i].Length));
+                if (i == count - 1)
+                    IntoBuffer += n;
+                total += n;
+            }
+            return total;
+        }
+
+        private int Take(Span<byte> buffer)
+        {
+            int n = Math.Min(buffer.Length, stream.Length - _at);
+            stream.AsSpan(_at, n).CopyTo(buffer);
+            _at += n;
+            return n;
+        }
+
+        public override void Write(ReadOnlySpan<byte> head, ReadOnlySpan<byte> body) => throw new NotSupportedException();
+        public override void Shutdown() { }
+        public override void ShutdownSend() { }
+        public override void DrainUntilClosed(TimeSpan timeout) { }
+        public override void Dispose() { }
     }
 
     /// <summary>Hands out a byte stream in random-sized pieces, one span at a time (the default vectored read).</summary>

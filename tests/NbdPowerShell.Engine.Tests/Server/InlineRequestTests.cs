@@ -101,6 +101,66 @@ public class InlineRequestTests
         PipelineAndCheck(c, structured, reads, model);
     }
 
+    [Theory]
+    [MemberData(nameof(ReplyModes))]
+    public async Task File_writes_of_every_size_sent_in_one_burst_land_whole_and_read_back(bool structured)
+    {
+        // Small writes run on the reader whatever else is in flight, large ones on workers; after a write of
+        // 128 KiB or more the reader receives one header at a time. A burst mixes them (and FUA) so the reader
+        // switches between the paths with the socket full, and replies come back out of order.
+        await using var server = new TestServer(new NbdServerOptions { MaxRequestsInFlight = 8 });
+        const int size = 32 << 20;
+        string path = Path.Combine(server.Directory, "disk.img");
+        var model = new byte[size];
+        File.WriteAllBytes(path, model);
+        server.Add("f", FileBlockStore.Open(path, readOnly: false));
+        using var c = RawNbdClient.Connect(server.TcpEndPoint);
+        c.Go("f", structured);
+
+        // Writes in flight together must not overlap (their order is not defined): each gets its own range.
+        var burst = new MemoryStream();
+        var rng = new Random(17);
+        int writes = 0, at = 0;
+        while (true)
+        {
+            int length = rng.Next(6) switch { 0 => 512, 1 => 4096, 2 => 32 * 1024, 3 => 128 * 1024, 4 => 200_000, _ => 1 << 20 };
+            int offset = at + rng.Next(4096);
+            if (offset + length > size)
+                break;
+            at = offset + length;
+            var payload = new byte[length];
+            rng.NextBytes(payload);
+            payload.CopyTo(model, offset);
+            var header = Request(NbdCommand.Write, (ulong)offset, (uint)length, cookie: 1_000_000UL + (ulong)writes);
+            if (rng.Next(5) == 0)
+                BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(4), (ushort)NbdCommandFlags.Fua);
+            burst.Write(header);
+            burst.Write(payload);
+            writes++;
+        }
+        var sender = Task.Run(() => c.Send(burst.ToArray()));
+        var cookies = new HashSet<ulong>();
+        for (int i = 0; i < writes; i++)
+        {
+            var (error, cookie, _) = c.ReadSimpleReply();
+            Assert.Equal(NbdError.None, error);
+            Assert.InRange(cookie, 1_000_000UL, 1_000_000UL + (ulong)writes - 1);
+            Assert.True(cookies.Add(cookie), $"two replies for cookie {cookie}");
+        }
+        await sender;
+
+        var reads = new List<(int Offset, int Length)>();
+        for (int i = 0; i < 200; i++)
+        {
+            int length = rng.Next(1, 300_000);
+            reads.Add((rng.Next(size - length), length));
+        }
+        PipelineAndCheck(c, structured, reads, model);
+        c.SendRequest(NbdCommand.Flush, 0, 0, cookie: 7);
+        Assert.Equal(NbdError.None, c.ReadSimpleReply().Error);
+        Assert.Equal(model, File.ReadAllBytes(path));
+    }
+
     [Fact]
     public void A_file_store_reads_from_the_page_cache_without_waiting_and_declines_what_is_not_cached()
     {
