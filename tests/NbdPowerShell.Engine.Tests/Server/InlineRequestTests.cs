@@ -83,22 +83,8 @@ public class InlineRequestTests
             burst.Write(payload);
             writes++;
         }
-        var sender = Task.Run(() => c.Send(burst.ToArray()));
-        for (int i = 0; i < writes; i++)
-        {
-            var (error, cookie, _) = c.ReadSimpleReply();
-            Assert.Equal(NbdError.None, error);
-            Assert.InRange(cookie, 1_000_000UL, 1_000_000UL + (ulong)writes - 1);
-        }
-        await sender;
-
-        var reads = new List<(int Offset, int Length)>();
-        for (int i = 0; i < 300; i++)
-        {
-            int length = rng.Next(1, 100_000);
-            reads.Add((rng.Next(size - length), length));
-        }
-        PipelineAndCheck(c, structured, reads, model);
+        await SendAndCheckWriteReplies(c, burst, writes);
+        PipelineAndCheck(c, structured, RandomRanges(rng, 300, 100_000, size), model);
     }
 
     [Theory]
@@ -138,24 +124,8 @@ public class InlineRequestTests
             burst.Write(payload);
             writes++;
         }
-        var sender = Task.Run(() => c.Send(burst.ToArray()));
-        var cookies = new HashSet<ulong>();
-        for (int i = 0; i < writes; i++)
-        {
-            var (error, cookie, _) = c.ReadSimpleReply();
-            Assert.Equal(NbdError.None, error);
-            Assert.InRange(cookie, 1_000_000UL, 1_000_000UL + (ulong)writes - 1);
-            Assert.True(cookies.Add(cookie), $"two replies for cookie {cookie}");
-        }
-        await sender;
-
-        var reads = new List<(int Offset, int Length)>();
-        for (int i = 0; i < 200; i++)
-        {
-            int length = rng.Next(1, 300_000);
-            reads.Add((rng.Next(size - length), length));
-        }
-        PipelineAndCheck(c, structured, reads, model);
+        await SendAndCheckWriteReplies(c, burst, writes);
+        PipelineAndCheck(c, structured, RandomRanges(rng, 200, 300_000, size), model);
         c.SendRequest(NbdCommand.Flush, 0, 0, cookie: 7);
         Assert.Equal(NbdError.None, c.ReadSimpleReply().Error);
         Assert.Equal(model, File.ReadAllBytes(path));
@@ -231,6 +201,32 @@ public class InlineRequestTests
     /// Sends every read at once (from another thread, as a real client would), reads the replies in
     /// whatever order they come, and checks each against the model by its cookie.
     /// </summary>
+    /// <summary>Sends the burst of WRITEs (cookies from 1,000,000 up) while reading a successful reply for each, once.</summary>
+    private static async Task SendAndCheckWriteReplies(RawNbdClient c, MemoryStream burst, int writes)
+    {
+        var sender = Task.Run(() => c.Send(burst.ToArray()));
+        var cookies = new HashSet<ulong>();
+        for (int i = 0; i < writes; i++)
+        {
+            var (error, cookie, _) = c.ReadSimpleReply();
+            Assert.Equal(NbdError.None, error);
+            Assert.InRange(cookie, 1_000_000UL, 1_000_000UL + (ulong)writes - 1);
+            Assert.True(cookies.Add(cookie), $"two replies for cookie {cookie}");
+        }
+        await sender;
+    }
+
+    private static List<(int Offset, int Length)> RandomRanges(Random rng, int count, int maxLength, int size)
+    {
+        var ranges = new List<(int Offset, int Length)>();
+        for (int i = 0; i < count; i++)
+        {
+            int length = rng.Next(1, maxLength);
+            ranges.Add((rng.Next(size - length), length));
+        }
+        return ranges;
+    }
+
     private static void PipelineAndCheck(RawNbdClient c, bool structured, List<(int Offset, int Length)> reads, byte[] model)
     {
         var burst = new MemoryStream();
