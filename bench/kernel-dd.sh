@@ -74,11 +74,11 @@ run() { # label command... ; the server must listen on $port with export "bench"
     rm -f $dir/src
 }
 
-printf '[generic]\nlistenaddr = 127.0.0.1\nport = %s\nallowlist = true\n[bench]\nexportname = %s\n' PORT "$img" > $dir/nbd-server.conf.in
 serve() { # one server's turn
     case $1 in
         engine) run engine $engine serve --port $((port + 1)) --file "bench:$img";;
-        nbd-server) sed "s/PORT/$((port + 1))/" $dir/nbd-server.conf.in > $dir/nbd-server.conf
+        nbd-server) printf '[generic]\nlistenaddr = 127.0.0.1\nport = %s\nallowlist = true\n[bench]\nexportname = %s\n' \
+                $((port + 1)) "$img" > $dir/nbd-server.conf
             rm -f $dir/nbd-server.pid
             PIDFILE=$dir/nbd-server.pid run nbd-server nbd-server -C $dir/nbd-server.conf -p $dir/nbd-server.pid;;
         nbdkit) run nbdkit nbdkit -f -i 127.0.0.1 -p $((port + 1)) -e bench file "file=$img";;

@@ -16,6 +16,8 @@ public class BufferedReaderTests
 {
     private const int Header = 28;
 
+    public static TheoryData<bool> Scatter => new() { true, false };
+
     public static TheoryData<bool, bool> ScatterAndHeaderAtATime => new() { { true, false }, { false, false }, { true, true }, { false, true } };
 
     [Theory]
@@ -133,8 +135,6 @@ public class BufferedReaderTests
         Assert.Equal(stream.AsSpan(Header + payload).ToArray(), header);
         Assert.InRange(transport.Receives, 1, 2 + payload / (64 * 1024) + 1);
     }
-
-    public static TheoryData<bool> Scatter => new() { true, false };
 
     [Fact]
     public void A_stream_that_ends_inside_a_payload_is_an_error()

@@ -197,10 +197,6 @@ public class InlineRequestTests
         Assert.True(tail.AsSpan(3096).IndexOfAnyExcept((byte)0) < 0);
     }
 
-    /// <summary>
-    /// Sends every read at once (from another thread, as a real client would), reads the replies in
-    /// whatever order they come, and checks each against the model by its cookie.
-    /// </summary>
     /// <summary>Sends the burst of WRITEs (cookies from 1,000,000 up) while reading a successful reply for each, once.</summary>
     private static async Task SendAndCheckWriteReplies(RawNbdClient c, MemoryStream burst, int writes)
     {
@@ -227,6 +223,10 @@ public class InlineRequestTests
         return ranges;
     }
 
+    /// <summary>
+    /// Sends every read at once (from another thread, as a real client would), reads the replies in
+    /// whatever order they come, and checks each against the model by its cookie.
+    /// </summary>
     private static void PipelineAndCheck(RawNbdClient c, bool structured, List<(int Offset, int Length)> reads, byte[] model)
     {
         var burst = new MemoryStream();
