@@ -1,4 +1,5 @@
 using NbdPowerShell.Engine.Storage;
+using NbdPowerShell.Engine.Tests.TestSupport;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -78,17 +79,27 @@ public sealed class FileBlockStoreTests : IDisposable
         string path = _dir.SparseFile("disk.img", MiB);
         using var store = FileBlockStore.Open(path, readOnly: false);
         var buffer = new byte[4096];
-        store.Write(0, buffer, fua: true); // Warm up both write paths and the marshalling stubs.
-        store.Write(0, buffer, fua: false);
-        store.Read(0, buffer);
-
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 200; i++)
+        void Round()
         {
-            store.Write(i * 4096L, buffer, fua: i % 50 == 0);
-            store.Read(i * 4096L + 7, buffer);
+            for (int i = 0; i < 200; i++)
+            {
+                store.Write(i * 4096L, buffer, fua: i % 50 == 0);
+                store.Read(i * 4096L + 7, buffer);
+            }
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+
+        // One CI run saw this thread allocate during a single warm-up pass (tiered compilation still at work on the
+        // path, or the runtime's own bookkeeping on this thread): so warm up until the JIT is done with the path, and
+        // take the best of three rounds. A real per-call allocation shows in every round.
+        JitWarmup.UntilQuiet(Round, TimeSpan.FromSeconds(30));
+        long best = long.MaxValue;
+        for (int round = 0; round < 3 && best != 0; round++)
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            Round();
+            best = Math.Min(best, GC.GetAllocatedBytesForCurrentThread() - before);
+        }
+        Assert.True(best == 0, $"{best} bytes allocated by 400 calls in the best of three rounds");
     }
 
     [Fact]
