@@ -189,10 +189,14 @@ internal sealed class ClientConnection
 
     /// <summary>
     /// File reads up to this size are first tried on the reader from the page cache without
-    /// waiting (RWF_NOWAIT); larger ones, and those that would wait, go to a worker. At most
-    /// <see cref="ReplyBatch.MaxRead"/>, the largest read one batch holds.
+    /// waiting (RWF_NOWAIT); those that would wait go to a worker. No limit but the hole-aware
+    /// structured reads (see <see cref="RequestExecutor.HoleAwareReadMinimum"/>): 1 MiB reads handed to
+    /// the eight workers cost a hand-off each and left up to eight threads contending for two cores
+    /// and the reply lock (six futex calls per read); the reader doing the pread and the send itself
+    /// uses 0.84x the CPU per GiB on one connection and 0.74x on four (docs/performance.md, round 5).
+    /// 0 sends every file read to a worker (bench host --cached-read-maximum).
     /// </summary>
-    internal static int CachedReadMaximum = 256 * 1024;
+    internal static int CachedReadMaximum = int.MaxValue;
 
     /// <summary>
     /// A buffered file WRITE up to this size, without FUA, runs on the reader when it is the only
@@ -231,10 +235,13 @@ internal sealed class ClientConnection
         var pinned = store as IPinnedMemoryStore;
         // Spliced reads (remote peers) skip the copy the cached path makes, so they keep the worker.
         var cached = store as IPageCacheStore;
-        int cachedReadMaximum = Math.Min(CachedReadMaximum, ReplyBatch.MaxRead);
+        bool structured = session.StructuredReplies;
+        int cachedReadMaximum = CachedReadMaximum;
         if (_writer.SpliceFiles)
             cachedReadMaximum = Math.Min(cachedReadMaximum, RequestExecutor.SpliceMinimum - 1);
-        bool structured = session.StructuredReplies;
+        // Structured reads that large look for holes first, to send them as OFFSET_HOLE chunks: the executor's job.
+        if (structured)
+            cachedReadMaximum = Math.Min(cachedReadMaximum, RequestExecutor.HoleAwareReadMinimum - 1);
         Span<byte> header = stackalloc byte[NbdLimits.RequestHeaderSize];
         while (true)
         {
@@ -392,12 +399,15 @@ internal sealed class ClientConnection
 
     /// <summary>
     /// A READ the page cache answers without waiting, run on the reader: the data is read straight
-    /// into the reply batch. False when any of it is not cached: nothing is sent (the reply the
-    /// batch began is dropped), and the request goes to a worker.
+    /// into the reply batch, or, when it is larger than a batch holds, into a pooled buffer sent at
+    /// once. False when any of it is not cached: nothing is sent (the reply the batch began is
+    /// dropped), and the request goes to a worker.
     /// </summary>
     private bool TryReadCached(NbdRequest request, IPageCacheStore store, bool structured)
     {
         int length = (int)request.Length;
+        if (length > ReplyBatch.MaxRead)
+            return TryReadCachedUnbatched(request, store, structured);
         var data = _batch.BeginRead(request.Cookie, structured, request.Offset, length);
         if (data.Length != length || !store.TryReadCached((long)request.Offset, data))
             return false;
@@ -405,6 +415,30 @@ internal sealed class ClientConnection
         _batch.CommitRead();
         _batch.Hold(request);
         return true;
+    }
+
+    private bool TryReadCachedUnbatched(NbdRequest request, IPageCacheStore store, bool structured)
+    {
+        int length = (int)request.Length;
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            var data = buffer.AsSpan(0, length);
+            if (!store.TryReadCached((long)request.Offset, data))
+                return false;
+            Counters.CountRead(request.Length);
+            _batch.Flush(); // replies the batch holds go first: they were ready before this one
+            if (structured)
+                _writer.DataChunk(request.Cookie, true, request.Offset, data);
+            else
+                _writer.SimpleReply(request.Cookie, NbdError.None, data);
+            _batch.Hold(request);
+            return true;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
     }
 
     private NbdRequest RentRequest()

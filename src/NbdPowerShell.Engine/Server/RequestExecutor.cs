@@ -23,7 +23,7 @@ internal static class RequestExecutor
     /// ask BLOCK_STATUS first and never read them. Memory stores answer extents for free and always
     /// send holes as OFFSET_HOLE.
     /// </summary>
-    private const int HoleAwareReadMinimum = 4 * 1024 * 1024;
+    internal const int HoleAwareReadMinimum = 4 * 1024 * 1024;
     /// <summary>
     /// From this size file reads are spliced (page cache to socket, no copy in user space); below
     /// it pread into a pooled buffer and one sendmsg cost fewer syscalls than a header send and two
