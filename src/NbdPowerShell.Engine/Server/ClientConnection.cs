@@ -427,11 +427,11 @@ internal sealed class ClientConnection
             if (!store.TryReadCached((long)request.Offset, data))
                 return false;
             Counters.CountRead(request.Length);
-            _batch.Flush(); // replies the batch holds go first: they were ready before this one
+            // Too large for the batch: it sends what it holds first, then this reply on its own.
             if (structured)
-                _writer.DataChunk(request.Cookie, true, request.Offset, data);
+                _batch.DataChunk(request.Cookie, true, request.Offset, data);
             else
-                _writer.SimpleReply(request.Cookie, NbdError.None, data);
+                _batch.SimpleReply(request.Cookie, NbdError.None, data);
             _batch.Hold(request);
             return true;
         }
