@@ -9,6 +9,7 @@ using NbdPowerShell.Engine.Storage;
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 //          [--cached-read-maximum BYTES] [--reply-batch-bytes BYTES] [--inline-write-maximum BYTES]
 //          [--inline-small-write-maximum BYTES] [--header-at-a-time-write-minimum BYTES]
+//          [--tls-certificate CERT.pem --tls-key KEY.pem]
 //        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 //        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
 //        NbdPowerShell.Bench hash SOURCE [--algorithm SHA256]
@@ -39,6 +40,7 @@ string? unix = null;
 bool readOnly = false;
 int workers = new NbdServerOptions().WorkerThreads;
 var splicing = new NbdServerOptions().FileReadSplicing;
+string? tlsCertificate = null, tlsKey = null;
 var exports = new List<(string Name, Func<IBlockStore> Open)>();
 for (int i = 1; i < args.Length; i++)
 {
@@ -50,6 +52,8 @@ for (int i = 1; i < args.Length; i++)
         case "--unix": unix = Next(); break;
         case "--read-only": readOnly = true; break;
         case "--workers": workers = int.Parse(Next()); break;
+        case "--tls-certificate": tlsCertificate = Next(); break; // TLS required: benchmarks of the copying path
+        case "--tls-key": tlsKey = Next(); break;
         // Tuning experiments (A/B runs for docs/performance.md), not settings a user needs.
         case "--splice-minimum": RequestExecutor.SpliceMinimum = int.Parse(Next()); break;
         case "--splice-file-reads": splicing = Enum.Parse<FileReadSplicing>(Next(), ignoreCase: true); break;
@@ -83,7 +87,9 @@ for (int i = 1; i < args.Length; i++)
     }
 }
 
-var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers, FileReadSplicing = splicing });
+TlsOptions? tls = tlsCertificate == null ? null
+    : new TlsOptions(System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPemFile(tlsCertificate, tlsKey));
+var server = new NbdServer(new NbdServerOptions { WorkerThreads = workers, FileReadSplicing = splicing, Tls = tls });
 foreach (var (name, open) in exports)
     server.AddExport(new ExportDefinition(name, open()) { ReadOnly = readOnly });
 var bound = server.ListenTcp(new IPEndPoint(address, port));

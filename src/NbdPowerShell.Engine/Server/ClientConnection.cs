@@ -181,11 +181,14 @@ internal sealed class ClientConnection
     }
 
     /// <summary>
-    /// Memory reads from this size go to a worker, so the send of one large reply runs on another
-    /// core while the reader takes in the next requests; below it the hand-off costs more than the
-    /// copy (measured: see docs/performance.md).
+    /// Memory reads from this size go to a worker. No limit: a large reply handed to a worker was
+    /// meant to put a second core on the send while the reader took in the next requests, but on
+    /// two cores beside the client the workers contend for the cores and the reply lock, and 1 MiB
+    /// reads at QD 8 run in 0.90x the wall time and 0.86x the CPU when the reader sends them itself
+    /// (docs/performance.md, round 6). A size sends the reads from it to a worker (bench host
+    /// --parallel-memory-read-minimum).
     /// </summary>
-    internal static int ParallelMemoryReadMinimum = 256 * 1024;
+    internal static int ParallelMemoryReadMinimum = int.MaxValue;
 
     /// <summary>
     /// File reads up to this size are first tried on the reader from the page cache without

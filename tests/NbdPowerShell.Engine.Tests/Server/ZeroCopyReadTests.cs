@@ -179,8 +179,8 @@ public class ZeroCopyReadTests
             var until = DateTime.UtcNow + TimeSpan.FromSeconds(1.5);
             while (DateTime.UtcNow < until)
             {
-                // One large read (sent from a worker), then small ones in flight together (run on the
-                // reader, their replies batched: the batch holds the chunks until its send).
+                // One large read (one gather send of many chunks), then small ones in flight together
+                // (their replies batched: the batch holds the chunks until its send).
                 c.SendRequest(NbdCommand.Read, 0, size, cookie);
                 Check(c.ReadRead(structured, 0, size));
                 for (int i = 0; i < 32; i++)
