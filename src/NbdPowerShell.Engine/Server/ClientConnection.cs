@@ -181,12 +181,11 @@ internal sealed class ClientConnection
     }
 
     /// <summary>
-    /// Memory reads from this size go to a worker. No limit: a large reply handed to a worker was
-    /// meant to put a second core on the send while the reader took in the next requests, but on
-    /// two cores beside the client the workers contend for the cores and the reply lock, and 1 MiB
-    /// reads at QD 8 run in 0.90x the wall time and 0.86x the CPU when the reader sends them itself
-    /// (docs/performance.md, round 6). A size sends the reads from it to a worker (bench host
-    /// --parallel-memory-read-minimum).
+    /// Memory reads from this size go to a worker; by default none do. A large reply handed to a
+    /// worker was meant to put a second core on the send while the reader took in the next
+    /// requests, but on two cores beside the client the workers contend for the cores and the reply
+    /// lock: 1 MiB reads at QD 8 ran in 0.90x the wall time and 0.86x the CPU with the reader sending
+    /// them itself, TLS too (docs/performance.md, round 6). Bench host --parallel-memory-read-minimum.
     /// </summary>
     internal static int ParallelMemoryReadMinimum = int.MaxValue;
 
