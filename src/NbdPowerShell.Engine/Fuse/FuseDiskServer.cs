@@ -447,6 +447,7 @@ internal sealed class FuseDiskServer : IDisposable
             Interlocked.Add(ref _counters.BytesRead, count);
         }
         else error = Failed(failure, "READ", request.Offset, count);
+        _counters.Leave();
         Send(request.Target, request.Unique, -error, error == 0 ? count : 0);
         End(request);
     }
@@ -472,6 +473,7 @@ internal sealed class FuseDiskServer : IDisposable
     private void WriteDone(FuseRequest request, Exception? failure)
     {
         int count = (int)request.Length;
+        _counters.Leave();
         if (failure is null)
         {
             Interlocked.Increment(ref _counters.Writes);
@@ -499,6 +501,7 @@ internal sealed class FuseDiskServer : IDisposable
         int error = 0;
         if (failure is null) Interlocked.Increment(ref _counters.Flushes);
         else error = Failed(failure, "FLUSH", 0, 0);
+        _counters.Leave();
         Send(request.Buffer, request.Unique, -error, 0);
         End(request);
     }
@@ -546,6 +549,7 @@ internal sealed class FuseDiskServer : IDisposable
         int error = 0;
         if (failure is null) Interlocked.Increment(ref _counters.Zeroes);
         else error = Failed(failure, "WRITE_ZEROES", request.Offset, request.Length);
+        _counters.Leave();
         Send(request.Buffer, request.Unique, -error, 0);
         End(request);
     }
@@ -564,9 +568,13 @@ internal sealed class FuseDiskServer : IDisposable
         catch (Exception e) { return ValueTask.FromException(e); }
     }
 
+    /// <summary>
+    /// After the reply: the request's buffer goes back to the pool. The statistics left it before the
+    /// reply was sent (each Done method), because the reply wakes whoever waited for the I/O, and what
+    /// they read of the statistics must not still count it in flight.
+    /// </summary>
     private void End(FuseRequest request)
     {
-        _counters.Leave();
         _requests.Return(request);
         Interlocked.Decrement(ref _pending);
     }
