@@ -447,9 +447,7 @@ internal sealed class FuseDiskServer : IDisposable
             Interlocked.Add(ref _counters.BytesRead, count);
         }
         else error = Failed(failure, "READ", request.Offset, count);
-        _counters.Leave();
-        Send(request.Target, request.Unique, -error, error == 0 ? count : 0);
-        End(request);
+        Finish(request, request.Target, error, count);
     }
 
     private bool Write(FuseRequest request, in FuseInHeader header, ReadOnlySpan<byte> args)
@@ -473,15 +471,15 @@ internal sealed class FuseDiskServer : IDisposable
     private void WriteDone(FuseRequest request, Exception? failure)
     {
         int count = (int)request.Length;
-        _counters.Leave();
+        int error = 0;
         if (failure is null)
         {
             Interlocked.Increment(ref _counters.Writes);
             Interlocked.Add(ref _counters.BytesWritten, count);
-            Reply(request.Buffer, request.Unique, new FuseWriteOut { Size = (uint)count });
+            MemoryMarshal.Write(request.Buffer.AsSpan(OutHeaderSize), new FuseWriteOut { Size = (uint)count });
         }
-        else ReplyError(request.Buffer, request.Unique, Failed(failure, "WRITE", request.Offset, count));
-        End(request);
+        else error = Failed(failure, "WRITE", request.Offset, count);
+        Finish(request, request.Buffer, error, Unsafe.SizeOf<FuseWriteOut>());
     }
 
     private bool Flush(FuseRequest request, in FuseInHeader header)
@@ -501,9 +499,7 @@ internal sealed class FuseDiskServer : IDisposable
         int error = 0;
         if (failure is null) Interlocked.Increment(ref _counters.Flushes);
         else error = Failed(failure, "FLUSH", 0, 0);
-        _counters.Leave();
-        Send(request.Buffer, request.Unique, -error, 0);
-        End(request);
+        Finish(request, request.Buffer, error, 0);
     }
 
     /// <summary>
@@ -549,9 +545,7 @@ internal sealed class FuseDiskServer : IDisposable
         int error = 0;
         if (failure is null) Interlocked.Increment(ref _counters.Zeroes);
         else error = Failed(failure, "WRITE_ZEROES", request.Offset, request.Length);
-        _counters.Leave();
-        Send(request.Buffer, request.Unique, -error, 0);
-        End(request);
+        Finish(request, request.Buffer, error, 0);
     }
 
     private void Begin(FuseRequest request, ulong unique, long offset, long length, byte[]? target = null, bool mayPunch = false)
@@ -569,12 +563,15 @@ internal sealed class FuseDiskServer : IDisposable
     }
 
     /// <summary>
-    /// After the reply: the request's buffer goes back to the pool. The statistics left it before the
-    /// reply was sent (each Done method), because the reply wakes whoever waited for the I/O, and what
-    /// they read of the statistics must not still count it in flight.
+    /// Answers a started request (errno <paramref name="error"/>, or the <paramref name="bodyLength"/>
+    /// bytes already in <paramref name="reply"/> after the out header) and ends it. It leaves the
+    /// in-flight count before the reply goes out: the reply wakes whoever waited for the I/O, and
+    /// what they read of the statistics must not still count it. Its buffer returns to the pool after.
     /// </summary>
-    private void End(FuseRequest request)
+    private void Finish(FuseRequest request, byte[] reply, int error, int bodyLength)
     {
+        _counters.Leave();
+        Send(reply, request.Unique, -error, bodyLength);
         _requests.Return(request);
         Interlocked.Decrement(ref _pending);
     }
