@@ -37,6 +37,7 @@ internal static class DiskCommands
                 case "--force": options = options with { Overwrite = true }; break;
                 case "--flush": options = options with { Flush = true }; break;
                 case "--verify": options = options with { Verify = true }; break;
+                case "--keep-loopback-pacing": NbdPowerShell.Engine.Server.LocalPeer.AvoidPacingEnabled = false; break;
                 case "--repeat": repeat = int.Parse(Next()); break;
                 case "--algorithm": options = options with { HashAlgorithm = DiskHasher.ParseAlgorithm(Next()) }; break;
                 default: positional.Add(args[i]); break;

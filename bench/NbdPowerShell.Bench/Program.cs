@@ -8,7 +8,7 @@ using NbdPowerShell.Engine.Storage;
 //          [--memory NAME:SIZE]... [--file NAME:PATH]... [--cow NAME:PATH]... [--read-only]
 //          [--splice-file-reads RemotePeers|Always|Never] [--splice-minimum BYTES] [--parallel-memory-read-minimum BYTES]
 //          [--cached-read-maximum BYTES] [--reply-batch-bytes BYTES] [--inline-write-maximum BYTES]
-//          [--inline-small-write-maximum BYTES] [--header-at-a-time-write-minimum BYTES]
+//          [--inline-small-write-maximum BYTES] [--header-at-a-time-write-minimum BYTES] [--keep-loopback-pacing]
 //          [--tls-certificate CERT.pem --tls-key KEY.pem]
 //        Prints "READY <port>" once listening, then serves until SIGINT or SIGTERM.
 //        NbdPowerShell.Bench copy SOURCE DESTINATION [--connections N] [--request-size BYTES] [--sparse BYTES] [--force]
@@ -62,6 +62,7 @@ for (int i = 1; i < args.Length; i++)
         case "--reply-batch-bytes": ReplyBatch.FlushBytes = int.Parse(Next()); break;
         case "--inline-write-maximum": ClientConnection.InlineWriteMaximum = int.Parse(Next()); break; // 0: every file write to a worker
         case "--inline-small-write-maximum": ClientConnection.InlineSmallWriteMaximum = int.Parse(Next()); break;
+        case "--keep-loopback-pacing": LocalPeer.AvoidPacingEnabled = false; break;
         case "--header-at-a-time-write-minimum": ClientConnection.HeaderAtATimeWriteMinimum = int.Parse(Next()); break;
         case "--memory":
         {

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using NbdPowerShell.Engine.Protocol;
+using NbdPowerShell.Engine.Server;
 
 namespace NbdPowerShell.Engine.Client;
 
@@ -207,6 +208,9 @@ public static class NbdClient
                 var endPoint = new IPEndPoint(address, uri.Port);
                 if (blocking) ConnectBlocking(socket, endPoint, ct);
                 else await socket.ConnectAsync(endPoint, ct).ConfigureAwait(false);
+                // The write payloads this side sends (and the kernel's, once the socket is handed to the nbd driver).
+                if (LocalPeer.IsOnThisHost(endPoint))
+                    LocalPeer.AvoidPacing(socket);
                 return socket;
             }
             catch (SocketException e) { socket.Dispose(); last = e; }

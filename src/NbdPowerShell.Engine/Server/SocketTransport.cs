@@ -15,6 +15,7 @@ namespace NbdPowerShell.Engine.Server;
 internal sealed class SocketTransport : NbdTransport
 {
     private readonly Socket _socket;
+    private readonly bool _peerIsLocal = true;
     private int _shutdown;
 
     public SocketTransport(Socket socket)
@@ -24,6 +25,9 @@ internal sealed class SocketTransport : NbdTransport
         {
             socket.NoDelay = true;
             EnableDeadPeerDetection(socket);
+            _peerIsLocal = LocalPeer.IsOnThisHost(RemoteEndPoint);
+            if (_peerIsLocal)
+                LocalPeer.AvoidPacing(socket);
         }
     }
 
@@ -138,27 +142,7 @@ internal sealed class SocketTransport : NbdTransport
 
     public override bool ZeroCopy => true;
 
-    public override bool PeerIsLocal => RemoteEndPoint switch
-    {
-        IPEndPoint ip => IsOwnAddress(ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address),
-        _ => true, // Unix socket or socket pair
-    };
-
-    private static bool IsOwnAddress(IPAddress address)
-    {
-        if (IPAddress.IsLoopback(address))
-            return true;
-        try
-        {
-            return System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces()
-                .SelectMany(i => i.GetIPProperties().UnicastAddresses)
-                .Any(a => a.Address.Equals(address));
-        }
-        catch (System.Net.NetworkInformation.NetworkInformationException)
-        {
-            return false;
-        }
-    }
+    public override bool PeerIsLocal => _peerIsLocal;
 
     // Pinned, never written: the source of zeroes for holes and for file ranges past the end of the file.
     internal static readonly byte[] Zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
