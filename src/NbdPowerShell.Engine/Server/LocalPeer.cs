@@ -48,9 +48,10 @@ internal static class LocalPeer
     /// protect, only that cost, and in a virtual machine each timer reprogramming traps to the
     /// hypervisor: a profile of 1 MiB reads from a file put a quarter of the server's samples in
     /// re-arming the pacing timer and waking the client. Cubic (or reno, which every host permits)
-    /// sends at once. Loopback connections with BBR moved to cubic took 0.71x the wall time and
-    /// 0.69x the server CPU for 1 MiB file reads, 0.78x/0.64x with four connections, 0.80x/0.74x for
-    /// the 64 KiB random mix from memory (docs/performance.md, round 7). Connections to other hosts
+    /// sends at once. Loopback connections moved from BBR to cubic took 0.74x the wall time and 0.73x
+    /// the server CPU for 1 MiB reads from a file, 0.67x/0.61x from memory, 0.76x/0.62x with four
+    /// connections, 0.68x/0.62x for the 64 KiB random mix from memory; 4 KiB reads and writes, whose
+    /// replies are small, did not change (docs/performance.md, round 7). Connections to other hosts
     /// keep the system's choice. Returns the algorithm set, or null when the connection was left as it was.
     /// </summary>
     public static string? AvoidPacing(Socket socket)
