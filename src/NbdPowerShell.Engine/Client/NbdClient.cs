@@ -209,8 +209,7 @@ public static class NbdClient
                 if (blocking) ConnectBlocking(socket, endPoint, ct);
                 else await socket.ConnectAsync(endPoint, ct).ConfigureAwait(false);
                 // The write payloads this side sends (and the kernel's, once the socket is handed to the nbd driver).
-                if (LocalPeer.IsOnThisHost(endPoint))
-                    LocalPeer.AvoidPacing(socket);
+                LocalPeer.AvoidPacing(socket);
                 return socket;
             }
             catch (SocketException e) { socket.Dispose(); last = e; }

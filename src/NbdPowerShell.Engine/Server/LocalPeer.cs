@@ -41,18 +41,18 @@ internal static class LocalPeer
     }
 
     /// <summary>
-    /// Moves a TCP connection to a peer on this host off a pacing congestion control. With BBR (the
-    /// system's choice on many hosts, this one included) the kernel paces every send: a send that
-    /// gets ahead of the pacing rate arms a high-resolution timer and the rest leaves from the
-    /// timer's softirq. Between two processes on one host there is no network queue for pacing to
+    /// Moves a TCP connection whose peer is on this host off a pacing congestion control; connections
+    /// to other hosts keep the system's choice. With BBR (the system's choice on many hosts, this one
+    /// included) the kernel paces every send: a send that gets ahead of the pacing rate arms a
+    /// high-resolution timer and the rest leaves from the timer's softirq. Between two processes on one host there is no network queue for pacing to
     /// protect, only that cost, and in a virtual machine each timer reprogramming traps to the
     /// hypervisor: a profile of 1 MiB reads from a file put a quarter of the server's samples in
     /// re-arming the pacing timer and waking the client. Cubic (or reno, which every host permits)
     /// sends at once. Loopback connections moved from BBR to cubic took 0.74x the wall time and 0.73x
     /// the server CPU for 1 MiB reads from a file, 0.67x/0.61x from memory, 0.76x/0.62x with four
     /// connections, 0.68x/0.62x for the 64 KiB random mix from memory; 4 KiB reads and writes, whose
-    /// replies are small, did not change (docs/performance.md, round 7). Connections to other hosts
-    /// keep the system's choice. Returns the algorithm set, or null when the connection was left as it was.
+    /// replies are small, did not change (docs/performance.md, round 7). Returns the algorithm set, or
+    /// null when the connection was left as it was.
     /// </summary>
     public static string? AvoidPacing(Socket socket)
     {
@@ -62,11 +62,13 @@ internal static class LocalPeer
         {
             Span<byte> name = stackalloc byte[AlgorithmNameMaximum];
             int length = socket.GetRawSocketOption(IPPROTO_TCP, TCP_CONGESTION, name);
-            // bbr, and bbr2/bbr3 where a kernel carries them: the algorithms that ask for pacing.
-            if (!name[..length].StartsWith("bbr"u8))
+            // bbr, and bbr2/bbr3 where a kernel carries them: the algorithms that ask for pacing. Checked
+            // before the peer's address, whose test may list the host's interfaces, so a host that does not
+            // pace pays one getsockopt per connection and nothing more.
+            if (!name[..length].StartsWith("bbr"u8) || !IsOnThisHost(socket.RemoteEndPoint))
                 return null;
         }
-        catch (SocketException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
         {
             return null;
         }

@@ -15,7 +15,6 @@ namespace NbdPowerShell.Engine.Server;
 internal sealed class SocketTransport : NbdTransport
 {
     private readonly Socket _socket;
-    private readonly bool _peerIsLocal = true;
     private int _shutdown;
 
     public SocketTransport(Socket socket)
@@ -25,9 +24,7 @@ internal sealed class SocketTransport : NbdTransport
         {
             socket.NoDelay = true;
             EnableDeadPeerDetection(socket);
-            _peerIsLocal = LocalPeer.IsOnThisHost(RemoteEndPoint);
-            if (_peerIsLocal)
-                LocalPeer.AvoidPacing(socket);
+            LocalPeer.AvoidPacing(socket);
         }
     }
 
@@ -142,7 +139,7 @@ internal sealed class SocketTransport : NbdTransport
 
     public override bool ZeroCopy => true;
 
-    public override bool PeerIsLocal => _peerIsLocal;
+    public override bool PeerIsLocal => LocalPeer.IsOnThisHost(RemoteEndPoint);
 
     // Pinned, never written: the source of zeroes for holes and for file ranges past the end of the file.
     internal static readonly byte[] Zeroes = GC.AllocateArray<byte>(64 * 1024, pinned: true);
